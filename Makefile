@@ -1,0 +1,39 @@
+# Each target is a line or two; the logic lives in Python. `make help` lists them.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := DS_BUILD_OPS=0 $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+PACKAGES := mft-core mft-data mft-train mft-merge mft-quant mft-eval
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install test test-slow test-all pipeline bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## create .venv; torch 2.13.0 (CPU wheel) first, then every tool editable with test extras
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) $(foreach p,$(PACKAGES),-e "packages/$(p)[test]")
+
+test:  ## default suite: unit + fast integration, CPU only, offline (~15 min on 2 cores)
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(ARGS)
+
+test-slow:  ## the slower tests (multi-process, kill/resume, full e2e)
+	$(BIN)/python -m pytest -m "slow and not gpu" $(ARGS)
+
+test-all:  ## everything that runs without a GPU
+	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
+
+pipeline:  ## the whole chain on the built-in tiny default, into runs/pipeline/
+	$(BIN)/python examples/pipeline/run.py $(ARGS)
+
+bench:  ## every bench/*.py, results collected into bench/README.md
+	$(BIN)/python bench/run_all.py $(ARGS)
+
+lint:  ## ruff over packages, tests, bench
+	$(BIN)/python -m ruff check packages tests bench examples
+
+clean:  ## remove runs/ and caches (keeps .venv)
+	rm -rf runs .pytest_cache

@@ -1,0 +1,74 @@
+"""Terminal output shared by the CLIs: errors on stderr with the fix, progress bars on stderr."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import MFTError
+
+console = Console(stderr=True, highlight=False)
+F = TypeVar("F", bound=Callable)
+
+
+def progress(transient: bool = False) -> Progress:
+    """A rich progress bar on stderr (hidden automatically when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=transient,
+        disable=not console.is_terminal,
+    )
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+def cli_errors(fn: F) -> F:
+    """Turn library errors into a one-paragraph message and the error's exit code (0/1/2/3, see errors.py)."""
+    import typer
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MFTError as exc:
+            console.print(f"[bold red]error:[/] {exc.message}")
+            if exc.fix:
+                console.print(f"[bold]fix:[/] {exc.fix}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: nothing half-written was kept")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def make_app(help_text: str) -> "typer.Typer":  # noqa: F821
+    import typer
+
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        add_completion=False,
+        rich_markup_mode="rich",
+    )
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

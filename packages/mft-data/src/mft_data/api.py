@@ -1,0 +1,177 @@
+"""mft-data's library API: one function per command, typed configs in, typed results out.
+
+``mft-train`` may import ``tokenize_folder``/``load_tokenized``/``ChatEncoder`` from here; nothing else
+outside this package should reach further in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, iter_task_records, task_names
+from mft_core.errors import ConfigError
+from mft_core.manifest import read_manifest
+
+from .config import DecontamConfig, FormatConfig, SplitConfig, StatsConfig, TokenizeConfig, ValidateConfig
+from .decontam import Matcher, humaneval_texts, record_text
+from .encode import ChatEncoder, Encoded, chat_template_of
+from .folder import update_folder_manifest, write_jsonl_atomic
+from .formatting import FormatResult, format_task
+from .splitting import split_ids
+from .tokenized import TokenizedData, TokenizeResult, decode_supervised, load_tokenized, tokenize_folder
+from .validation import ValidationReport, validate_folder
+
+__all__ = [
+    "ChatEncoder", "Encoded", "chat_template_of", "FormatConfig", "FormatResult", "format_task",
+    "ValidateConfig", "ValidationReport", "validate_folder", "DecontamConfig", "DecontamReport", "decontaminate",
+    "SplitConfig", "SplitReport", "split_folder", "TokenizeConfig", "TokenizeResult", "tokenize_folder",
+    "TokenizedData", "load_tokenized", "decode_supervised", "StatsConfig", "stats", "read_formatted_records",
+]
+
+
+def read_formatted_records(folder: str | Path, split: str = "all") -> dict[str, list[dict[str, Any]]]:
+    """All records of a formatted folder, per task."""
+    return {task: list(iter_task_records(folder, task, split)) for task in task_names(folder)}
+
+
+# ---- decontaminate ----------------------------------------------------------------------------------------------
+@dataclass
+class DecontamReport:
+    ngram: int
+    mode: str
+    matched: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # task -> record id -> problem ids
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.matched.values())
+
+
+def decontaminate(cfg: DecontamConfig) -> DecontamReport:
+    """Drop (or flag in ``meta.contamination``) records sharing a word n-gram with HumanEval."""
+    folder = Path(cfg.folder)
+    read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND)
+    matcher = Matcher(humaneval_texts(cfg.problems), cfg.ngram)
+    report = DecontamReport(cfg.ngram, cfg.mode)
+    for task in task_names(folder):
+        hits: dict[str, list[str]] = {}
+        for split, name in SPLIT_FILES.items():
+            path = folder / task / name
+            if not path.is_file():
+                continue
+            kept = []
+            for record in iter_task_records(folder, task, split):
+                problems = matcher.matches(record_text(record))
+                if problems:
+                    hits[record["id"]] = problems
+                    if cfg.mode == "drop":
+                        continue
+                    record.setdefault("meta", {})["contamination"] = {"against": cfg.against, "ngram": cfg.ngram,
+                                                                      "problems": problems}
+                kept.append(record)
+            write_jsonl_atomic(path, kept)
+        report.matched[task] = hits
+
+    def mutate(summary: dict) -> None:
+        for task, hits in report.matched.items():
+            if cfg.mode == "drop":
+                summary["tasks"][task]["records"] -= len(hits)
+            summary.setdefault("decontamination", {})[task] = {
+                "against": cfg.against, "ngram": cfg.ngram, "mode": cfg.mode, "matched": len(hits),
+                "ids": sorted(hits)}
+        if cfg.mode == "drop" and summary.get("split"):
+            summary["split"]["valid_counts"] = {t: _count(folder / t / "valid.jsonl") for t in report.matched}
+
+    update_folder_manifest(folder, mutate)
+    return report
+
+
+def _count(path: Path) -> int:
+    return sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else 0
+
+
+# ---- split ------------------------------------------------------------------------------------------------------
+@dataclass
+class SplitReport:
+    counts: dict[str, tuple[int, int]]  # task -> (train, valid)
+
+
+def split_folder(cfg: SplitConfig) -> SplitReport:
+    """Write ``train.jsonl``/``valid.jsonl`` per task (data.jsonl is kept), then the manifest."""
+    folder = Path(cfg.folder)
+    read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND)
+    counts = {}
+    for task in task_names(folder):
+        records = list(iter_task_records(folder, task))
+        valid = split_ids([str(r["id"]) for r in records], cfg.valid_ratio, cfg.seed)
+        train_n = write_jsonl_atomic(folder / task / "train.jsonl", (r for r in records if str(r["id"]) not in valid))
+        valid_n = write_jsonl_atomic(folder / task / "valid.jsonl", (r for r in records if str(r["id"]) in valid))
+        counts[task] = (train_n, valid_n)
+
+    def mutate(summary: dict) -> None:
+        summary["split"] = {"valid_ratio": cfg.valid_ratio, "seed": cfg.seed,
+                            "valid_counts": {t: c[1] for t, c in counts.items()}}
+
+    update_folder_manifest(folder, mutate)
+    return SplitReport(counts)
+
+
+# ---- stats ------------------------------------------------------------------------------------------------------
+def stats(cfg: StatsConfig) -> dict[str, Any]:
+    """Per-task counts and length distributions (tokens with ``--tokenizer``, else characters)."""
+    import numpy as np
+
+    folder = Path(cfg.folder)
+    manifest = read_manifest(folder, ("formatted-data", "tokenized-data"), made_by=FORMAT_COMMAND)
+    lengths: dict[str, list[int]] = {}
+    unit = "tokens"
+    if manifest.kind == "tokenized-data":
+        data = load_tokenized(folder)
+        for split_ds in data.splits.values():
+            for task_ids, seq_lens in zip(split_ds["task_ids"], split_ds["seq_lens"]):
+                start = 0
+                for n in seq_lens:
+                    lengths.setdefault(data.tasks[task_ids[start]], []).append(n)
+                    start += n
+    elif cfg.tokenizer:
+        from transformers import AutoTokenizer
+
+        encoder = ChatEncoder(AutoTokenizer.from_pretrained(cfg.tokenizer))
+        for task, records in read_formatted_records(folder).items():
+            lengths[task] = [len(e.input_ids) for e in encoder.encode(records)]
+    else:
+        unit = "chars"
+        for task, records in read_formatted_records(folder).items():
+            lengths[task] = [sum(len(t["content"]) for t in r["chat_rounds"]) for r in records]
+    if not lengths:
+        raise ConfigError(f"{folder}: no records")
+    out: dict[str, Any] = {"unit": unit, "tasks": {}}
+    for task, values in lengths.items():
+        arr = np.asarray(values)
+        hist, edges = np.histogram(arr, bins=cfg.bins)
+        out["tasks"][task] = {
+            "records": int(arr.size), "mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)),
+            "p90": float(np.percentile(arr, 90)), "max": int(arr.max()), "total": int(arr.sum()),
+            "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
+        }
+    if cfg.plot:
+        _plot(lengths, unit, cfg.plot, cfg.bins)
+    return out
+
+
+def _plot(lengths: dict[str, list[int]], unit: str, path: str, bins: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for task, values in lengths.items():
+        ax.hist(values, bins=bins, alpha=0.5, label=f"{task} (n={len(values)})")
+    ax.set_xlabel(f"record length ({unit})")
+    ax.set_ylabel("records")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

