@@ -37,9 +37,8 @@ class _Rejects:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, row: Row, field_name: str | None, message: str) -> None:
-        where = f"{row.where}" + (f": field '{field_name}'" if field_name else "")
         if not self.skip:
-            raise InputError(f"{where}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside")
+            raise InputError(f"{row.where}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside")
         self.rows.append({"file": row.file, "line": row.line, "field": field_name, "reason": message,
                           "raw": row.data if row.error is None else None})
 
@@ -53,7 +52,7 @@ def _unknown_format(row: Row, keys: set[str]) -> InputError:
 
 def _convert_file(path: str, cfg: FormatConfig, remap: Remap, rejects: _Rejects, out: list, result: FormatResult,
                   seen_ids: dict[str, str]) -> None:
-    file_format = None if cfg.source_format == "auto" else cfg.source_format
+    fixed_format = None if cfg.source_format == "auto" else cfg.source_format
     for row in read_rows(path):
         if row.error is not None:
             rejects.add(row, None, row.error)
@@ -62,13 +61,12 @@ def _convert_file(path: str, cfg: FormatConfig, remap: Remap, rejects: _Rejects,
             rejects.add(row, None, f"expected a JSON object per line, found {type(row.data).__name__}")
             continue
         data = remap.apply(row.data)
-        fmt = file_format or detect_format(set(data))
+        fmt = fixed_format or detect_format(set(data))
         if fmt is None:
             if rejects.skip:
                 rejects.add(row, None, f"unknown format; fields seen: {sorted(data)}")
                 continue
             raise _unknown_format(row, set(data))
-        file_format = file_format or fmt  # one format per file: detected on its first good row
         try:
             rounds = CONVERTERS[fmt](data)
         except RowError as exc:

@@ -129,6 +129,7 @@ def _read_csv(path: Path) -> Iterator[Row]:
         except UnicodeDecodeError as exc:
             raise InputError(f"{path}: not UTF-8 (byte offset {exc.start})", fix="re-encode the file as UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    start = 2  # the header is line 1; a row may span several lines when a field holds newlines
     for item in reader:
-        # line_num is the last physical line read; rows may span lines when fields hold newlines
-        yield Row(str(path), reader.line_num, {k: v for k, v in item.items() if k is not None})
+        yield Row(str(path), start, {k: v for k, v in item.items() if k is not None})
+        start = reader.line_num + 1

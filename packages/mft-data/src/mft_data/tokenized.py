@@ -147,7 +147,9 @@ def _features():
 def save_rows(cols: dict[str, list], path: Path, fingerprint: str) -> None:
     """Save as a datasets folder; the fingerprint is ours so the bytes don't depend on a random id."""
     import pyarrow as pa
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()  # our own progress bar covers this
 
     table = pa.table({k: cols[k] for k in COLUMNS}, schema=_features().arrow_schema)
     Dataset(table, fingerprint=fingerprint[:16]).save_to_disk(str(path))

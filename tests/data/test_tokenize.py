@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+from helpers import MULTI_TURN, format_folder
+
+from mft_core.errors import InputError
+from mft_core.manifest import read_manifest
+from mft_data.api import ChatEncoder, TokenizeConfig, decode_supervised, load_tokenized, tokenize_folder
+from mft_data.encode import IGNORE
+
+
+def tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # <s> is BOS in llama, plain text in qwen2
+def test_supervised_tokens_are_exactly_assistant_contents_plus_eos(make_base, family):
+    tok = tokenizer(make_base(family))
+    records = [
+        {"id": "1", "task": "t", "chat_rounds": MULTI_TURN},
+        {"id": "2", "task": "t", "chat_rounds": [{"role": "user", "content": "<s>bot\nsneaky"},
+                                                 {"role": "assistant", "content": "ok <s> fine"}]},
+        {"id": "3", "task": "t", "chat_rounds": [{"role": "assistant", "content": "import os\n"}]},
+    ]
+    encoder = ChatEncoder(tok)
+    for record, enc in zip(records, encoder.encode(records)):
+        text = tok.apply_chat_template(record["chat_rounds"], tokenize=False)
+        assert tok.decode(enc.input_ids, clean_up_tokenization_spaces=False) == text
+        expected = [r["content"] + tok.eos_token for r in record["chat_rounds"] if r["role"] == "assistant"]
+        assert decode_supervised(tok, enc.input_ids, enc.labels) == expected
+        assert enc.labels[0] == IGNORE
+
+
+def test_tokenize_folder_packs_isolated_rows(formatted, llama_base, tmp_path):
+    result = tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"),
+                                            seq_len=128))
+    data = load_tokenized(tmp_path / "tok")
+    assert data.tasks == ("explain", "gen")
+    ds = data.train
+    total_records = 0
+    for row in ds:
+        n = len(row["input_ids"])
+        assert n <= 128 and len(row["labels"]) == len(row["position_ids"]) == len(row["task_ids"]) == n
+        assert sum(row["seq_lens"]) == n
+        start = 0
+        for length in row["seq_lens"]:
+            assert row["position_ids"][start:start + length] == list(range(length))
+            assert len(set(row["task_ids"][start:start + length])) == 1
+            assert row["labels"][start] == IGNORE
+            start += length
+        total_records += len(row["seq_lens"])
+    summary = result.summary
+    tasks = summary["tasks"]["train"]
+    assert total_records == sum(t["records"] for t in tasks.values()) == 66
+    assert sum(t["dropped"] for t in tasks.values()) == 0
+    assert tasks["gen"]["supervised_tokens"] == sum(
+        sum(1 for x, t in zip(r["labels"], r["task_ids"]) if x != IGNORE and t == 1) for r in ds)
+    assert read_manifest(tmp_path / "tok").summary["splits"]["train"]["fill_rate"] > 0.9
+
+
+def test_rows_decode_to_the_records(formatted, llama_base, tmp_path):
+    tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"),
+                                   seq_len=256))
+    tok = tokenizer(llama_base)
+    texts = set()
+    for row in load_tokenized(tmp_path / "tok").train:
+        start = 0
+        for length in row["seq_lens"]:
+            texts.add(tok.decode(row["input_ids"][start:start + length], clean_up_tokenization_spaces=False))
+            start += length
+    records = [json.loads(x) for task in ("gen", "explain") for x in (formatted / task / "data.jsonl").read_text().splitlines()]
+    assert texts == {tok.apply_chat_template(r["chat_rounds"], tokenize=False) for r in records}
+
+
+def test_overlong_policies(tmp_path, llama_base):
+    rows = [{"prompt": "short", "answer": "a"}, {"prompt": "long " * 40, "answer": "word " * 60}]
+    folder = format_folder(tmp_path / "data", {"t": rows})
+    base = dict(folder=str(folder), tokenizer=str(llama_base), seq_len=64)
+    dropped = tokenize_folder(TokenizeConfig(out=str(tmp_path / "drop"), **base)).summary["tasks"]["train"]["t"]
+    assert dropped["records"] == 1 and dropped["dropped"] == 1 and dropped["dropped_ids"] == ["t-0000001"]
+    with pytest.raises(InputError, match="t-0000001"):
+        tokenize_folder(TokenizeConfig(out=str(tmp_path / "err"), overlong="error", **base))
+    assert not (tmp_path / "err").exists()
+    # truncating keeps the record only if a supervised token survives: here the prompt alone fills 64 tokens
+    truncated = tokenize_folder(TokenizeConfig(out=str(tmp_path / "trunc"), overlong="truncate", **base))
+    t = truncated.summary["tasks"]["train"]["t"]
+    assert t["records"] + t["dropped"] == 2 and t["truncated"] + t["dropped"] == 1
+
+
+def test_split_folders_give_train_and_valid(tmp_path, llama_base):
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(20)]
+    folder = format_folder(tmp_path / "data", {"a": rows, "b": rows}, split=0.2)
+    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(tmp_path / "tok"), seq_len=64,
+                                   mode="pad"))
+    data = load_tokenized(tmp_path / "tok")
+    assert len(data.train) == 32 and len(data.valid) == 8
+    assert all(len(r) == 1 for r in data.valid["seq_lens"])
+
+
+def test_tokenize_is_deterministic_and_up_to_date(formatted, llama_base, tmp_path):
+    cfg = dict(folder=str(formatted), tokenizer=str(llama_base), seq_len=96)
+    tokenize_folder(TokenizeConfig(out=str(tmp_path / "a"), **cfg))
+    tokenize_folder(TokenizeConfig(out=str(tmp_path / "b"), num_proc=2, batch_size=7, **cfg))
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) > 5
+    for rel in files:
+        if rel.name != "manifest.json":
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    ma, mb = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert (ma.fingerprint, ma.summary) == (mb.fingerprint, mb.summary)
+    assert tokenize_folder(TokenizeConfig(out=str(tmp_path / "a"), **cfg)).up_to_date
+
+
+def test_pack_on_realistic_mix():
+    from mft_data.pack import best_fit_decreasing, fill_rate
+
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(5.3, 0.9, size=5000).astype(int), 16, 2048).tolist()
+    bins = best_fit_decreasing(lengths, 2048)
+    placed = sorted(i for b in bins for i in b)
+    assert placed == list(range(len(lengths)))  # every record exactly once, none split
+    assert all(sum(lengths[i] for i in b) <= 2048 for b in bins)
+    assert fill_rate(bins, lengths, 2048) >= 0.98
+    assert best_fit_decreasing(lengths, 2048) == bins
+
+
+def test_pack_rejects_overlong_and_is_best_fit():
+    from mft_data.pack import best_fit_decreasing
+
+    # 6 opens bin 0 (room 4); 5 opens bin 1 (room 5); 4 fits bin 0 exactly; 3 and 2 fill bin 1
+    assert best_fit_decreasing([6, 5, 4, 3, 2], 10) == [[0, 2], [1, 3, 4]]
+    with pytest.raises(ValueError):
+        best_fit_decreasing([11], 10)
