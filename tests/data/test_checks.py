@@ -92,3 +92,29 @@ def test_split_does_not_depend_on_record_order():
     assert len(split_ids(ids, 0.1, 1)) == 10
     with pytest.raises(Exception):
         SplitConfig(folder="x", valid_ratio=1.5)
+
+
+def test_stats_and_plot(formatted, llama_base, tmp_path):
+    from mft_data.api import StatsConfig, stats
+
+    chars = stats(StatsConfig(folder=str(formatted), plot=str(tmp_path / "h.png")))
+    assert chars["unit"] == "chars" and chars["tasks"]["gen"]["records"] == 41
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    tokens = stats(StatsConfig(folder=str(formatted), tokenizer=str(llama_base)))
+    assert tokens["unit"] == "tokens" and tokens["tasks"]["explain"]["records"] == 25
+    assert sum(tokens["tasks"]["explain"]["histogram"]["counts"]) == 25
+
+
+def test_cli_tokenize_and_stats(formatted, llama_base, tmp_path):
+    out = tmp_path / "tok"
+    res = CliRunner().invoke(app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out),
+                                   "--seq-len", "128"])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out, "tokenized-data").config["seq_len"] == 128
+    res = CliRunner().invoke(app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out),
+                                   "--seq-len", "128"])
+    assert res.exit_code == 0 and "up to date" in res.output
+    assert CliRunner().invoke(app, ["stats", str(out)]).exit_code == 0
+    res = CliRunner().invoke(app, ["tokenize", str(tmp_path / "nothing"), "--tokenizer", str(llama_base), "--out",
+                                   str(tmp_path / "x")])
+    assert res.exit_code == 3 and "mft-data format" in res.output

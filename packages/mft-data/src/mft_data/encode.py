@@ -26,19 +26,34 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized record: ``labels[i]`` is ``input_ids[i]`` where supervised, else -100 (unshifted, HF style)."""
+    """One tokenized record: ``labels[i]`` is ``input_ids[i]`` where supervised, else -100 (unshifted, HF style).
 
-    input_ids: list[int]
-    labels: list[int]
+    Arrays (int32) rather than lists: they cross process boundaries and concatenate cheaply.
+    """
+
+    input_ids: np.ndarray
+    labels: np.ndarray
 
     @property
     def supervised(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        return int(np.count_nonzero(self.labels != IGNORE))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
 
 
 def chat_template_of(tokenizer) -> str:
     """The tokenizer's own template, or MFTCoder's default when it has none."""
     return tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+
+
+def _compiled(template: str):
+    """transformers' own compiled template (same sandbox and extensions as ``apply_chat_template``), or None."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # a future transformers moved it: fall back to the public (slower) path
+        return None
+    return _compile_jinja_template(template)
 
 
 class ChatEncoder:
@@ -56,17 +71,19 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.template = chat_template or chat_template_of(tokenizer)
         self.eos = tokenizer.eos_token
+        self._compiled = _compiled(self.template)
+        self._template_vars = dict(tokenizer.special_tokens_map)
 
     def render(self, conversations: Sequence[list[dict[str, str]]], add_generation_prompt: bool = False) -> list[str]:
-        """Texts exactly as ``tokenizer.apply_chat_template(..., tokenize=False)`` renders them."""
+        """Texts exactly as ``tokenizer.apply_chat_template(..., tokenize=False)`` renders them (tested)."""
         if not conversations:
             return []
-        return self.tokenizer.apply_chat_template(
-            list(conversations),
-            chat_template=self.template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        if self._compiled is not None:
+            render = self._compiled.render
+            return [render(messages=c, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
+                           **self._template_vars) for c in conversations]
+        return self.tokenizer.apply_chat_template(list(conversations), chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
 
     def supervised_spans(self, records: Sequence[dict[str, Any]], texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """Character spans (start, end) of each assistant content plus its EOS, per record."""
@@ -106,28 +123,37 @@ class ChatEncoder:
         return spans
 
     def encode(self, records: Sequence[dict[str, Any]]) -> list[Encoded]:
-        """Tokenize records (unified schema) into ids and labels; the first token is never supervised."""
-        conversations = [r["chat_rounds"] for r in records]
-        texts = self.render(conversations)
+        """Tokenize records (unified schema) into ids and labels; the first token is never supervised.
+
+        The whole text is tokenized once by the Rust tokenizer; a span's tokens are found with
+        ``char_to_token`` at its two ends, so a token that straddles a span edge counts as supervised.
+        """
+        texts = self.render([r["chat_rounds"] for r in records])
         spans = self.supervised_spans(records, texts)
-        batch = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
         out = []
-        for ids, offsets, record_spans in zip(batch["input_ids"], batch["offset_mapping"], spans):
-            mask = _overlap_mask(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), record_spans)
-            if mask.size:
-                mask[0] = False  # nothing precedes it, and in a packed row it must not be predicted from another record
-            labels = np.where(mask, np.asarray(ids, dtype=np.int64), IGNORE)
-            out.append(Encoded(list(ids), labels.tolist()))
+        for encoding, record_spans in zip(encodings, spans):
+            ids = np.asarray(encoding.ids, dtype=np.int32)
+            labels = np.full_like(ids, IGNORE)
+            for start, end in record_spans:
+                first, last = _token_at(encoding, start, end, forward=True), _token_at(encoding, start, end, forward=False)
+                if first is not None and last is not None:
+                    labels[first : last + 1] = ids[first : last + 1]
+            if labels.size:
+                labels[0] = IGNORE  # nothing precedes it; in a packed row it must not be predicted from another record
+            out.append(Encoded(ids, labels))
         return out
 
 
-def _overlap_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """True for tokens whose [start, end) overlaps any span (spans sorted and disjoint)."""
-    if not spans or offsets.size == 0:
-        return np.zeros(len(offsets), dtype=bool)
-    span_arr = np.asarray(spans, dtype=np.int64)
-    starts, ends = offsets[:, 0], offsets[:, 1]
-    idx = np.searchsorted(span_arr[:, 1], starts, side="right")  # first span ending after the token starts
-    valid = idx < len(span_arr)
-    idx = np.minimum(idx, len(span_arr) - 1)
-    return valid & (ends > span_arr[idx, 0]) & (ends > starts)
+def _token_at(encoding, start: int, end: int, forward: bool) -> int | None:
+    """Index of the first (``forward``) or last token covering a character of ``[start, end)``.
+
+    Characters inside a multi-token byte sequence map fine; characters that map to no token (rare: stripped
+    whitespace) are skipped.
+    """
+    chars = range(start, end) if forward else range(end - 1, start - 1, -1)
+    for char in chars:
+        token = encoding.char_to_token(char)
+        if token is not None:
+            return token
+    return None
