@@ -20,6 +20,7 @@ from .encode import ChatEncoder, Encoded, chat_template_of
 from .folder import update_folder_manifest, write_jsonl_atomic
 from .formatting import FormatResult, format_task
 from .splitting import split_ids
+from .text_data import TextTokenizeConfig, tokenize_text_files
 from .tokenized import TokenizedData, TokenizeResult, decode_supervised, load_tokenized, tokenize_folder
 from .validation import ValidationReport, validate_folder
 
@@ -28,6 +29,7 @@ __all__ = [
     "ValidateConfig", "ValidationReport", "validate_folder", "DecontamConfig", "DecontamReport", "decontaminate",
     "SplitConfig", "SplitReport", "split_folder", "TokenizeConfig", "TokenizeResult", "tokenize_folder",
     "TokenizedData", "load_tokenized", "decode_supervised", "StatsConfig", "stats", "read_formatted_records",
+    "TextTokenizeConfig", "tokenize_text_files",
 ]
 
 

@@ -37,5 +37,57 @@ def init_base_cmd(
     console.print(f"[green]wrote[/] {path} ({cfg.family}, preset {cfg.preset})")
 
 
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set lr=1e-4 (repeatable).")]
+
+
+def _train(kind: str, config_file: Optional[Path], sets: Optional[list[str]], base: dict) -> None:
+    from .api import train
+    from .config import TrainConfig
+
+    cfg = build_config(TrainConfig, config_file, sets=sets or (), base=base)
+    result = train(cfg, kind=kind)
+    s = result.summary
+    if result.up_to_date:
+        console.print(f"[green]up to date[/]: {result.output_dir} (same config and inputs)")
+        return
+    final = s.get("final_eval") or {}
+    console.print(f"[green]done[/]: {result.output_dir} ({s['steps']} steps, {s['tokens_seen']:,} tokens, "
+                  f"loss mode {s['loss_mode']}" + (f", mean valid loss {final['mean']:.4f}" if final else "") + ")")
+
+
+@app.command()
+@cli_errors
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML config (keys: model, data, output_dir, peft, lr, ...).")],
+    sets: SetOpt = None,
+):
+    """Multi-task fine-tuning (LoRA, QLoRA or full) with per-task loss balancing; resumable."""
+    _train("run", config, sets, {})
+
+
+@app.command()
+@cli_errors
+def sft(
+    config: Annotated[Path, typer.Argument(help="YAML config; same keys as `run`.")],
+    sets: SetOpt = None,
+):
+    """Single-task supervised fine-tuning: `run` with loss_mode defaulting to token."""
+    _train("sft", config, sets, {"loss_mode": "token"})
+
+
+@app.command()
+@cli_errors
+def pretrain(
+    data: Annotated[str, typer.Option(help="Raw text/code files or folders (comma-separated).")],
+    model: Annotated[str, typer.Option(help="Model folder to continue from.")],
+    out: Annotated[str, typer.Option(help="Output folder (the model lands in OUT/model).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML with more keys (same as run).")] = None,
+    sets: SetOpt = None,
+):
+    """Continue pretraining on raw code: packed, loss on every token, full fine-tuning by default."""
+    _train("pretrain", config, (sets or []) + [f"data={data}", f"model={model}", f"output_dir={out}"],
+           {"peft": "none", "loss_mode": "token", "seq_len": 512, "lr": 1e-3})
+
+
 def main() -> None:
     app()

@@ -1,0 +1,45 @@
+"""Find the HF folder inside an MFT output folder, so every tool accepts either.
+
+``mft-train`` writes ``OUT/manifest.json`` with ``summary.paths`` naming its ``adapter/`` or ``model/`` subfolder;
+other tools write the HF files at the top. A plain HF folder (no manifest, e.g. a hub checkpoint) is accepted
+as a model too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ContractError
+from .manifest import has_manifest, read_manifest
+
+MODEL_KINDS = ("base-model", "model", "merged-model", "quantized-model")
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The folder holding ``config.json`` and the weights of a model given as an MFT output or HF folder."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if has_manifest(path):
+        manifest = read_manifest(path)
+        sub = manifest.summary.get("paths", {}).get("model")
+        if sub and (path / sub / "config.json").is_file():
+            return path / sub
+        if manifest.kind == "adapter":
+            raise ContractError(f"{path} holds a LoRA adapter, not a model",
+                                fix=f"merge it first: mft-merge {path} --out MERGED")
+    raise ContractError(f"{path}: no model here (no config.json, no model/ subfolder named in a manifest)",
+                        fix="pass a Hugging Face model folder or an MFT model output")
+
+
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """The folder holding ``adapter_config.json`` of an adapter given as an mft-train output or PEFT folder."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return path
+    if has_manifest(path):
+        sub = read_manifest(path).summary.get("paths", {}).get("adapter")
+        if sub and (path / sub / "adapter_config.json").is_file():
+            return path / sub
+    raise ContractError(f"{path}: no LoRA adapter here (no adapter_config.json, no adapter/ named in a manifest)",
+                        fix="pass the output_dir of `mft-train run` (with peft: lora or qlora) or a PEFT adapter folder")

@@ -1,0 +1,189 @@
+"""The training loop, top to bottom: plan a step, count its targets, accumulate exact gradients, update, log.
+
+Built from small parts: :mod:`batches` (which rows), :mod:`loss` (the maths), :mod:`checkpoint` (resume),
+:mod:`metrics` (logs), :mod:`engine` (single process, DDP, DeepSpeed, FSDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import dist
+from .batches import MicroBatch, Rows, collate, rank_micro_batches, step_rows, steps_per_epoch
+from .checkpoint import TrainState
+from .loss import StepCounts, count_targets, micro_batch_loss, per_target_loss, target_weights, task_sums
+
+
+@dataclass
+class StepResult:
+    loss: float
+    task_loss: dict[str, float | None]
+    task_tokens: dict[str, int]
+    grad_norm: float
+    real_tokens: int
+    seconds: float
+
+
+@dataclass
+class LoopParts:
+    """What one run needs: the engine wraps model and optimizer; the rest is plain data."""
+
+    engine: object
+    rows: Rows
+    tasks: tuple[str, ...]
+    task_weights: torch.Tensor
+    loss_mode: str
+    micro_batch_size: int
+    grad_accum: int
+    seed: int
+    pad_id: int
+    bf16: bool
+    max_grad_norm: float
+    total_steps: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum * dist.world_size()
+
+
+def autocast(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
+def forward_logits(model, mb: MicroBatch, bf16: bool) -> torch.Tensor:
+    """Logits of a micro-batch. No attention mask and ``use_cache=False``: the restarted position ids make
+    transformers build a block-diagonal mask, so packed records (and padding) never attend to each other."""
+    device = next(model.parameters()).device
+    with autocast(bf16):
+        out = model(input_ids=mb.input_ids.to(device), position_ids=mb.position_ids.to(device), use_cache=False)
+    return out.logits
+
+
+def plan_step(parts: LoopParts, step: int) -> list[MicroBatch]:
+    rows = step_rows(len(parts.rows), parts.seed, step, parts.global_batch)
+    plan = rank_micro_batches(rows, dist.rank(), dist.world_size(), parts.micro_batch_size, parts.grad_accum)
+    batches = [collate(parts.rows, idx, parts.pad_id) for idx in plan]
+    if dist.world_size() == 1:
+        batches = [b for b in batches if not b.empty]
+    return batches
+
+
+def step_counts(batches: list[MicroBatch], n_tasks: int) -> StepCounts:
+    """Counts over the whole step: summed over this rank's micro-batches, then over ranks (before any backward)."""
+    total = StepCounts(torch.zeros(n_tasks, dtype=torch.float64), torch.zeros(n_tasks, dtype=torch.float64))
+    for mb in batches:
+        total = total + count_targets(mb.targets, n_tasks)
+    return StepCounts.from_tensor(dist.all_reduce_sum(total.as_tensor()))
+
+
+def train_step(parts: LoopParts, step: int) -> StepResult:
+    """One optimizer step with exact normalisation over all its micro-batches and ranks."""
+    start = time.perf_counter()
+    engine = parts.engine
+    n_tasks = len(parts.tasks)
+    batches = plan_step(parts, step)
+    counts = step_counts(batches, n_tasks)
+    loss_sum = torch.zeros(1, dtype=torch.float64)
+    sums = torch.zeros(n_tasks, dtype=torch.float64)
+    real = 0
+    for j, mb in enumerate(batches):
+        with engine.accumulate(last=j == len(batches) - 1):
+            logits = forward_logits(engine.model, mb, parts.bf16)
+            targets = _to(mb.targets, logits.device)
+            losses = per_target_loss(logits, targets)
+            weights = target_weights(parts.loss_mode, targets, counts, parts.task_weights).to(logits.device)
+            loss = micro_batch_loss(losses, weights)
+            if mb.empty:
+                loss = loss + 0.0 * logits.sum()  # keeps every rank's backward in step
+            # the engine averages gradients over ranks; the step loss is a sum over ranks, so scale back up
+            engine.backward(loss * dist.world_size())
+        loss_sum += loss.detach().double().cpu()
+        s, _ = task_sums(losses, targets, n_tasks)
+        sums += s.cpu()
+        real += mb.real_tokens
+    grad_norm = engine.step(parts.max_grad_norm)
+    dist.all_reduce_sum(loss_sum)
+    dist.all_reduce_sum(sums)
+    real_t = dist.all_reduce_sum(torch.tensor([real], dtype=torch.float64))
+    task_loss = {t: (sums[i] / counts.tokens[i]).item() if counts.tokens[i] > 0 else None for i, t in enumerate(parts.tasks)}
+    task_tokens = {t: int(counts.tokens[i].item()) for i, t in enumerate(parts.tasks)}
+    return StepResult(loss_sum.item(), task_loss, task_tokens, grad_norm, int(real_t.item()), time.perf_counter() - start)
+
+
+def _to(targets, device):
+    if targets.labels.device == device:
+        return targets
+    from .loss import Targets
+
+    return Targets(targets.labels.to(device), targets.task_ids.to(device), targets.sample_ids.to(device))
+
+
+@torch.no_grad()
+def evaluate(model, rows: Rows, tasks: tuple[str, ...], micro_batch_size: int, pad_id: int, bf16: bool) -> dict[str, float | None]:
+    """Token-mean loss per task over the whole valid split (rows sharded over ranks, sums all-reduced)."""
+    was_training = model.training
+    model.eval()
+    n = len(tasks)
+    sums = torch.zeros(n, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.float64)
+    mine = list(range(dist.rank(), len(rows), dist.world_size()))
+    for start in range(0, max(len(mine), 1), micro_batch_size):
+        mb = collate(rows, mine[start : start + micro_batch_size], pad_id)
+        logits = forward_logits(model, mb, bf16)
+        targets = _to(mb.targets, logits.device)
+        s, c = task_sums(per_target_loss(logits, targets), targets, n)
+        sums += s.cpu()
+        counts += c.cpu()
+    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(counts)
+    model.train(was_training)
+    return {t: (sums[i] / counts[i]).item() if counts[i] > 0 else None for i, t in enumerate(tasks)}
+
+
+def mean_valid(task_loss: dict[str, float | None]) -> float:
+    values = [v for v in task_loss.values() if v is not None]
+    return sum(values) / len(values) if values else math.inf
+
+
+def total_steps_for(n_rows: int, global_batch: int, epochs: int, max_steps: int) -> int:
+    return max_steps if max_steps > 0 else epochs * steps_per_epoch(n_rows, global_batch)
+
+
+@dataclass
+class Hooks:
+    """What the loop calls back into: logging, evaluation, checkpointing (kept out of the loop's body)."""
+
+    on_step: Callable[[TrainState, StepResult], None]
+    on_eval: Callable[[TrainState], bool]  # returns True to stop early
+    on_save: Callable[[TrainState], None]
+    eval_every: int
+    save_every: int
+    stop: Callable[[], bool] = lambda: False
+
+
+def run_loop(parts: LoopParts, state: TrainState, hooks: Hooks) -> TrainState:
+    """Steps from ``state.step`` to ``total_steps`` (or an early stop); state is updated in place."""
+    parts.engine.model.train()
+    while state.step < parts.total_steps and not state.stopped_early:
+        result = train_step(parts, state.step)
+        state.step += 1
+        state.tokens_seen += result.real_tokens
+        hooks.on_step(state, result)
+        last = state.step == parts.total_steps
+        if hooks.eval_every and (state.step % hooks.eval_every == 0) and not last:
+            state.stopped_early = hooks.on_eval(state)
+        if hooks.save_every and state.step % hooks.save_every == 0 and not last:
+            hooks.on_save(state)
+        if hooks.stop():
+            break
+    return state

@@ -1,0 +1,91 @@
+"""SIGKILL a training run at a few points (once in the middle of writing a checkpoint), resume with
+`--set resume=auto`, and the final weights equal an uninterrupted run's."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+from helpers import train_config
+
+from mft_core.config import config_to_dict
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    import mft_train.loop as loop
+    kill_step = int(os.environ.get("KILL_AT_STEP", "-1"))
+    kill_save = os.environ.get("KILL_IN_SAVE", "")
+    original_step, original_save = loop.train_step, torch.save
+    def train_step(parts, step):
+        if step == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original_step(parts, step)
+    def save(obj, path, *a, **k):
+        original_save(obj, path, *a, **k)
+        if kill_save and kill_save in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)  # checkpoint half written: weights and optimizer, no state.json
+    loop.train_step, torch.save = train_step, save
+    from mft_train.cli import main
+    sys.argv = ["mft-train", "run"] + sys.argv[1:]
+    main()
+""")
+
+
+def run(config_path, *sets, **env):
+    full_env = {**os.environ, **{k: str(v) for k, v in env.items()}}
+    args = [sys.executable, "-c", KILLER, str(config_path)] + [a for s in sets for a in ("--set", s)]
+    return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def adapter_weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+def test_killed_and_resumed_equals_uninterrupted(llama_base, llama_tok, tmp_path):
+    cfg = config_to_dict(train_config(llama_base, llama_tok, tmp_path / "x", max_steps=12, save_every=3, eval_every=4,
+                                      save_limit=3))
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    straight = run(path, f"output_dir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    out = tmp_path / "b"
+    first = run(path, f"output_dir={out}", KILL_AT_STEP=5)
+    assert first.returncode == -9 and (out / "checkpoint-3").is_dir() and not (out / "manifest.json").exists()
+    second = run(path, f"output_dir={out}", "resume=auto", KILL_IN_SAVE="optim.pt", KILL_AT_STEP=-1)
+    # it resumed from checkpoint-3 and died while writing checkpoint-6: that one must not exist as a checkpoint
+    assert second.returncode == -9 and not (out / "checkpoint-6").exists()
+    assert any(p.name.startswith(".checkpoint-6.tmp-") for p in out.iterdir())
+    third = run(path, f"output_dir={out}", "resume=auto", KILL_AT_STEP=10)
+    assert third.returncode == -9 and "resumed from" in third.stderr
+    last = run(path, f"output_dir={out}", "resume=auto")
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "checkpoint-9" in last.stderr
+
+    a, b = adapter_weights(tmp_path / "a"), adapter_weights(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == list(range(1, 13))  # no step logged twice, none missing
+
+
+def test_resume_with_another_config_shows_the_diff(llama_base, llama_tok, tmp_path):
+    from mft_core.errors import ConfigError
+    from mft_train.api import train
+
+    out = tmp_path / "r"
+    train(train_config(llama_base, llama_tok, out, max_steps=3, save_every=2, eval_every=0))
+    (out / "manifest.json").unlink()  # pretend it never finished
+    with pytest.raises(ConfigError, match=r"lr: checkpoint 0.003 != now 0.001"):
+        train(train_config(llama_base, llama_tok, out, max_steps=3, save_every=2, eval_every=0, lr=1e-3, resume="auto"))
+    with pytest.raises(ConfigError, match="resume=auto"):
+        train(train_config(llama_base, llama_tok, out, max_steps=3, save_every=2, eval_every=0))

@@ -1,0 +1,119 @@
+"""Real training runs on the tiny model: losses fall, outputs load with plain transformers/peft, errors are clear."""
+
+import json
+
+import pytest
+import torch
+from helpers import train_config
+
+from mft_core.errors import ConfigError, ContractError
+from mft_core.manifest import read_manifest
+from mft_train.api import train
+from mft_train.metrics import read_metrics
+
+
+def test_lora_multitask_run_learns_and_writes_a_complete_output(llama_base, llama_tok, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    result = train(train_config(llama_base, llama_tok, out, max_steps=30, save_every=10))
+    manifest = read_manifest(out, "adapter")
+    assert manifest.summary["loss_mode"] == "task" and manifest.summary["steps"] == 30
+    assert manifest.config["resolved"]["tasks"] == ["explain", "fix", "gen"]
+    metrics = read_metrics(out / "metrics.jsonl")
+    train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
+    assert sum(train_losses[-5:]) / 5 < sum(train_losses[:5]) / 5 - 0.5  # the loss falls (nats)
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    assert evals[-1]["loss"] < evals[0]["loss"] and set(evals[-1]["task_loss"]) == {"explain", "fix", "gen"}
+    assert (out / "loss_per_task.png").stat().st_size > 5000
+    assert list((out / "tb").iterdir())
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]  # save_limit 2
+    # the adapter loads with plain peft and changes the base's outputs
+    base = AutoModelForCausalLM.from_pretrained(llama_base)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = base(ids).logits
+    tuned = PeftModel.from_pretrained(base, out / "adapter")
+    assert not torch.allclose(tuned(ids).logits, before)
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 8
+    assert result.summary["supervised_tokens_per_task"]["gen"] > 0
+    # same config again: nothing to do
+    assert train(train_config(llama_base, llama_tok, out, max_steps=30, save_every=10)).up_to_date
+
+
+def test_full_fine_tuning_saves_a_complete_model(llama_base, llama_tok, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "full"
+    train(train_config(llama_base, llama_tok, out, peft="none", lr=1e-3, max_steps=4, eval_every=0))
+    assert read_manifest(out, "model").summary["paths"]["model"] == "model"
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(llama_base)
+    assert not torch.allclose(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert AutoTokenizer.from_pretrained(out / "model").chat_template
+
+
+def test_qlora_on_cpu(llama_base, llama_tok, tmp_path):
+    out = tmp_path / "qlora"
+    train(train_config(llama_base, llama_tok, out, peft="qlora", max_steps=4, eval_every=0, lr=1e-2))
+    adapter = out / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.glob("model*.safetensors"))  # never a re-saved 4-bit base
+    losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
+    assert all(l == l and l < 20 for l in losses)
+
+
+def test_early_stopping_keeps_best(llama_base, llama_tok, tmp_path):
+    out = tmp_path / "early"
+    # a huge lr makes valid loss rise after the first eval, so patience 1 stops it
+    result = train(train_config(llama_base, llama_tok, out, lr=0.5, max_steps=40, eval_every=2, early_stop_patience=1,
+                                optimizer="sgd", max_grad_norm=0.0, lr_schedule="constant", warmup_steps=0))
+    s = result.summary
+    if s["stopped_early"]:
+        assert s["steps"] < 40 and (out / "best" / "adapter_model.safetensors").is_file()
+        assert s["best_step"] <= s["steps"]
+
+
+def test_errors_are_clear(llama_base, llama_tok, tmp_path, make_base):
+    with pytest.raises(ContractError, match="manifest"):
+        train(train_config(llama_base, tmp_path, tmp_path / "o1"))
+    with pytest.raises(ConfigError, match="target modules not found in the model: nope") as info:
+        train(train_config(llama_base, llama_tok, tmp_path / "o2", target_modules=("nope",)))
+    assert "q_proj" in info.value.fix
+    with pytest.raises(ConfigError, match="above the model's maximum"):
+        train(train_config(llama_base, llama_tok, tmp_path / "o3", seq_len=100_000))
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        train(train_config(make_base("qwen2"), llama_tok, tmp_path / "o4"))
+    with pytest.raises(ConfigError, match="unknown tasks: nope"):
+        train(train_config(llama_base, llama_tok, tmp_path / "o5", task_weights={"nope": 2.0}))
+
+
+def test_tokenizer_problems(llama_base, llama_tok, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad-base"
+    shutil.copytree(llama_base, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["vocab_size"] = 1000
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="embeddings only 1000 rows"):
+        train(train_config(bad, llama_tok, tmp_path / "o"))
+    tk = json.loads((bad / "tokenizer_config.json").read_text())
+    tk["eos_token"] = None
+    (bad / "tokenizer_config.json").write_text(json.dumps(tk))
+    with pytest.raises(ConfigError, match="no EOS"):
+        train(train_config(bad, llama_tok, tmp_path / "o"))
+
+
+def test_pretrain_on_raw_code(llama_base, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 30)
+    out = tmp_path / "pre"
+    result = train(train_config(llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6,
+                                eval_every=0, lr=1e-3), kind="pretrain")
+    assert result.summary["tasks"] == ["text"]
+    assert (out / "model" / "model.safetensors").is_file()
+    losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
+    assert losses[-1] < losses[0]
