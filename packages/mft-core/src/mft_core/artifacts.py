@@ -43,3 +43,22 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             return path / sub
     raise ContractError(f"{path}: no LoRA adapter here (no adapter_config.json, no adapter/ named in a manifest)",
                         fix="pass the output_dir of `mft-train run` (with peft: lora or qlora) or a PEFT adapter folder")
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 of a model's ``config.json`` and its weights index (or weight file names and sizes).
+
+    Cheap on models of any size (no weight is read) and changes whenever the architecture or the weights files do.
+    """
+    import hashlib
+
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    digest.update((model_dir / "config.json").read_bytes())
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        digest.update(index.read_bytes())
+    else:
+        for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return digest.hexdigest()

@@ -42,6 +42,8 @@ class Family:
             tokenizers (Llama-style SentencePiece); False when it is plain text.
         pad_policy: what to use as pad when the tokenizer has none.
         tied_embeddings: whether released checkpoints of this family usually tie input and output embeddings.
+        packed_sdpa: whether attention is plain scaled-dot-product (no logit soft-capping), so packed rows can run
+            SDPA once per record instead of one masked call over the whole row.
         size_keys: generic size name -> HF config key (``None``: the family has no such knob).
         tiny_extra: fixed config values for tiny test models (e.g. head_dim, MoE sizes).
         notes: anything a user should know, with sources.
@@ -54,6 +56,7 @@ class Family:
     tied_embeddings: bool = False
     size_keys: Mapping[str, str | None] = field(default_factory=lambda: _STD_KEYS)
     tiny_extra: Mapping[str, object] = field(default_factory=dict)
+    packed_sdpa: bool = True
     notes: str = ""
     source: str = ""
 
@@ -102,7 +105,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                notes="Pythia/CodeFuse-13B style fused query_key_value."),
             _f("phi3", lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), source=_HF + "phi3",
                notes="Fused qkv_proj and gate_up_proj."),
-            _f("gemma2", lora_targets=_LLAMA_TARGETS, tied_embeddings=True, source=_HF + "gemma2",
+            _f("gemma2", lora_targets=_LLAMA_TARGETS, tied_embeddings=True, source=_HF + "gemma2", packed_sdpa=False,
                tiny_extra={"head_dim": 32, "sliding_window": 64},
                notes="Uses <bos>; logit soft-capping; eager attention recommended by HF for training."),
             _f("deepseek_v3", lora_targets=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from mft_core.artifacts import model_fingerprint
 from mft_core.config import config_to_dict
 from mft_core.errors import ConfigError
 from mft_core.manifest import (
@@ -225,6 +226,7 @@ def _summary(cfg, data, loss_mode, state: TrainState, reporter: _Reporter, final
     return {
         "paths": paths,
         "base_model": str(base_model_dir(cfg).resolve()),
+        "base_model_sha256": model_fingerprint(base_model_dir(cfg)),
         "peft": cfg.peft,
         "tasks": list(data.tasks),
         "loss_mode": loss_mode,

@@ -43,7 +43,9 @@ class TrainConfig:
     # numerics and speed
     bf16: bool = False
     grad_checkpointing: bool = False
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # sdpa: torch SDPA, once per packed record where the family allows (else one masked call); sdpa_masked: always
+    # one masked call per row; eager; flash_attention_2 (GPU, when installed)
+    attn_implementation: Literal["sdpa", "sdpa_masked", "eager", "flash_attention_2"] = "sdpa"
     compile: bool = False
     seed: int = 42
     # evaluation, logging, checkpoints

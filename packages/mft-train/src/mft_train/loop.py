@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import dist
+from . import attention, dist
 from .batches import MicroBatch, Rows, collate, rank_micro_batches, step_rows, steps_per_epoch
 from .checkpoint import TrainState
 from .loss import StepCounts, count_targets, micro_batch_loss, per_target_loss, target_weights, task_sums
@@ -60,12 +60,22 @@ def autocast(enabled: bool):
     return torch.autocast(device, dtype=torch.bfloat16)
 
 
-def forward_logits(model, mb: MicroBatch, bf16: bool) -> torch.Tensor:
-    """Logits of a micro-batch. No attention mask and ``use_cache=False``: the restarted position ids make
-    transformers build a block-diagonal mask, so packed records (and padding) never attend to each other."""
+def forward_logits(model, mb: MicroBatch, bf16: bool, supervised_only: bool = False) -> torch.Tensor:
+    """Logits of a micro-batch: ``[B, T, V]``, or ``[n_targets, V]`` for the supervised positions only.
+
+    No attention mask and ``use_cache=False``: the restarted position ids make transformers build a block-diagonal
+    mask (or our per-record SDPA runs), so packed records and padding never attend to each other. With
+    ``supervised_only`` the LM head runs only where a target exists (``logits_to_keep`` with a boolean mask).
+    """
     device = next(model.parameters()).device
+    kwargs = {}
+    if getattr(model.config, "_attn_implementation", None) == attention.NAME:
+        kwargs[attention.SEGMENTS_KWARG] = attention.plan_segments(mb.position_ids)
+    if supervised_only:
+        kwargs["logits_to_keep"] = mb.targets.mask.to(device)
     with autocast(bf16):
-        out = model(input_ids=mb.input_ids.to(device), position_ids=mb.position_ids.to(device), use_cache=False)
+        out = model(input_ids=mb.input_ids.to(device), position_ids=mb.position_ids.to(device), use_cache=False,
+                    **kwargs)
     return out.logits
 
 
@@ -98,7 +108,7 @@ def train_step(parts: LoopParts, step: int) -> StepResult:
     real = 0
     for j, mb in enumerate(batches):
         with engine.accumulate(last=j == len(batches) - 1):
-            logits = forward_logits(engine.model, mb, parts.bf16)
+            logits = forward_logits(engine.model, mb, parts.bf16, supervised_only=True)
             targets = _to(mb.targets, logits.device)
             losses = per_target_loss(logits, targets)
             weights = target_weights(parts.loss_mode, targets, counts, parts.task_weights).to(logits.device)
@@ -139,7 +149,7 @@ def evaluate(model, rows: Rows, tasks: tuple[str, ...], micro_batch_size: int, p
     mine = list(range(dist.rank(), len(rows), dist.world_size()))
     for start in range(0, max(len(mine), 1), micro_batch_size):
         mb = collate(rows, mine[start : start + micro_batch_size], pad_id)
-        logits = forward_logits(model, mb, bf16)
+        logits = forward_logits(model, mb, bf16, supervised_only=True)
         targets = _to(mb.targets, logits.device)
         s, c = task_sums(per_target_loss(logits, targets), targets, n)
         sums += s.cpu()

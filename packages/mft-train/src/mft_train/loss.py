@@ -121,9 +121,12 @@ def target_weights(mode: str, targets: Targets, counts: StepCounts, task_weights
 
 
 def per_target_loss(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """Cross-entropy (fp32) of each supervised target, in flattened masked order."""
+    """Cross-entropy (fp32) of each supervised target, in flattened masked order.
+
+    ``logits`` is ``[B, T, V]``, or already ``[n_targets, V]`` (only the supervised positions, in that order).
+    """
     mask = targets.mask.reshape(-1)
-    flat = logits.reshape(-1, logits.shape[-1])[mask]
+    flat = logits if logits.dim() == 2 else logits.reshape(-1, logits.shape[-1])[mask]
     return torch.nn.functional.cross_entropy(flat.float(), targets.labels.reshape(-1)[mask], reduction="none")
 
 

@@ -86,6 +86,26 @@ def check_kbit_cpu(model_dir: Path) -> None:
         )
 
 
+def attention_for(cfg: TrainConfig, config) -> str:
+    """The attention implementation to load: ``sdpa`` on packed rows runs once per record where the family allows.
+
+    Not where attention has soft-capping (family table) or a sliding window shorter than the rows (the window
+    would be applied by a mask this path does not build).
+    """
+    if cfg.attn_implementation == "sdpa_masked":
+        return "sdpa"
+    if cfg.attn_implementation != "sdpa":
+        return cfg.attn_implementation
+    family = FAMILIES.get(config.model_type)
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if family is None or not family.packed_sdpa or (window and window < cfg.seq_len):
+        return "sdpa"
+    from . import attention
+
+    attention.register()
+    return attention.NAME
+
+
 def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
     """The base model in the right precision, with LoRA/QLoRA applied when asked; ``use_cache`` off.
 
@@ -101,7 +121,7 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
 
         if not is_flash_attn_2_available():
             raise ConfigError("attn_implementation flash_attention_2 is not installed here", fix="use sdpa")
-    kwargs = {"attn_implementation": cfg.attn_implementation, "dtype": torch.bfloat16 if cfg.bf16 else torch.float32}
+    kwargs = {"attn_implementation": attention_for(cfg, config), "dtype": torch.bfloat16 if cfg.bf16 else torch.float32}
     cpu = not torch.cuda.is_available()
     if cfg.peft == "qlora":
         from transformers import BitsAndBytesConfig
@@ -115,6 +135,8 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
         kwargs["device_map"] = {"": "cpu" if cpu else torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     model.config.use_cache = False
+    if cfg.compile:
+        compile_layers(model)
     if cfg.peft == "none":
         if cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -129,7 +151,30 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=target_modules_for(cfg, model), use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if cfg.bf16:
+        # under bf16 autocast the matmuls cast to bf16 anyway; PEFT's own cast of every LoRA input to the fp32
+        # adapter dtype would copy the activations to fp32 and straight back
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
+    return model
+
+
+def compile_layers(model) -> int:
+    """``torch.compile`` each decoder layer (regional compilation: short compile, no graph break at the
+    attention plan, which stays outside). Returns how many layers were compiled."""
+    import torch
+
+    layer_types = set(getattr(model, "_no_split_modules", None) or [])
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in layer_types:
+            module.compile(dynamic=True)
+            count += 1
+    return count
 
 
 def base_model_dir(cfg: TrainConfig) -> Path:
