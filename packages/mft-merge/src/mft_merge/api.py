@@ -1,0 +1,124 @@
+"""mft-merge's library API: ``merge(cfg)``: adapter + base -> a standalone, verified HF model folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mft_core.artifacts import model_fingerprint, resolve_adapter_dir, resolve_model_dir
+from mft_core.config import config_to_dict
+from mft_core.errors import ConfigError, ContractError, QualityGateError
+from mft_core.manifest import InputRef, atomic_output_dir, has_manifest, is_up_to_date, new_manifest, read_manifest
+from mft_core.ui import info, warn
+
+from . import __version__
+from .adapter import load_adapter
+from .config import MergeConfig
+from .merge import output_dtype, parse_size, plan_merge, write_shards, write_side_files, base_entries
+from .verify import prompts_from_data, verify_layers, verify_logits
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    summary: dict
+    up_to_date: bool = False
+
+
+def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> tuple[Path, Path | None]:
+    """The base model folder, and the mft-train output the adapter came from (if any).
+
+    The adapter's manifest and its adapter_config.json must agree; ``--base`` overrides both (and says so).
+    """
+    train_output = adapter_arg if has_manifest(adapter_arg) else None
+    from_manifest = None
+    if train_output is not None:
+        manifest = read_manifest(train_output, ("adapter",), made_by="mft-train run CONFIG")
+        from_manifest = manifest.summary.get("base_model")
+    from_config = adapter_config.get("base_model_name_or_path")
+    if from_manifest and from_config and Path(from_config).exists() and \
+            Path(from_config).resolve() != Path(from_manifest).resolve():
+        raise ContractError(f"the adapter's manifest names base {from_manifest} but its adapter_config.json names "
+                            f"{from_config}", fix="pass the right one with --base")
+    if cfg.base:
+        chosen = cfg.base
+        if from_manifest or from_config:
+            info(f"using --base {cfg.base} (the adapter names {from_manifest or from_config})")
+    else:
+        chosen = from_manifest or from_config
+        if not chosen:
+            raise ConfigError("the adapter names no base model", fix="pass --base MODEL_DIR")
+    try:
+        base = resolve_model_dir(chosen)
+    except ContractError as exc:
+        raise ContractError(f"base model {chosen}: {exc.message}", fix="pass --base MODEL_DIR") from exc
+    if train_output is not None and not cfg.base:
+        expected = read_manifest(train_output).summary.get("base_model_sha256")
+        if expected and model_fingerprint(base) != expected:
+            raise ContractError(f"{base} changed since the adapter was trained (config or weights differ)",
+                                fix="pass the exact base with --base, or retrain")
+    return base, train_output
+
+
+def merge(cfg: MergeConfig) -> MergeResult:
+    """Merge, write atomically, verify; raises QualityGateError (exit 1) when the check fails."""
+    adapter_arg = Path(cfg.adapter)
+    adapter_dir = resolve_adapter_dir(adapter_arg)
+    adapter = load_adapter(adapter_dir)
+    base, train_output = resolve_base(cfg, adapter_arg, adapter.config)
+    config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite", "adapter", "base")}
+    inputs = (InputRef.of(adapter_arg), InputRef.of(base))
+    probe = new_manifest("merged-model", "mft-merge", __version__, config, inputs)
+    if is_up_to_date(cfg.out, probe.fingerprint):
+        return MergeResult(Path(cfg.out), read_manifest(cfg.out).summary, up_to_date=True)
+    if train_output is not None and read_manifest(train_output).summary.get("peft") == "qlora" and not cfg.simulate_nf4:
+        info("this adapter was trained with QLoRA (against an nf4 base): --simulate-nf4 reproduces that base exactly")
+    import json
+
+    dtype = output_dtype(cfg.dtype, json.loads((base / "config.json").read_text()), base_entries(base))
+    plan = plan_merge(adapter, base, dtype, parse_size(cfg.max_shard_size), cfg.simulate_nf4)
+    check = choose_check(cfg.verify, base)
+    with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as staging:
+        write_shards(plan, adapter, staging.path)
+        write_side_files(plan, base, adapter, staging.path, dtype)
+        verification = None
+        if check == "logits":
+            from transformers import AutoTokenizer
+
+            prompts, source = prompts_from_data(train_output, AutoTokenizer.from_pretrained(staging.path), cfg.prompts)
+            verification = verify_logits(base, adapter, staging.path, dtype, prompts, source, cfg.new_tokens, plan)
+        elif check == "layers":
+            verification = verify_layers(base, adapter, staging.path, plan)
+        summary = {
+            "base_model": str(base.resolve()), "adapter": str(adapter_dir.resolve()), "dtype": str(dtype).replace("torch.", ""),
+            "shards": len(plan.shards), "merged_tensors": len(plan.merged), "replaced_tensors": plan.replaced,
+            "simulate_nf4": cfg.simulate_nf4, "config_updates": plan.config_updates,
+            "verification": verification.to_dict() if verification else {"check": "none"},
+        }
+        if verification is not None and not verification.passed:
+            raise QualityGateError(
+                f"merge verification ({verification.check}) failed: max diff {verification.max_abs_diff:.3g} > "
+                f"{verification.tolerance:g}" + (f" or token agreement {verification.token_agreement:.2f} < "
+                                                  f"{verification.min_agreement}" if verification.check == "logits" else ""),
+                fix="nothing was written; report this with the adapter, or use --dtype fp32")
+        staging.finish(new_manifest("merged-model", "mft-merge", __version__, config, inputs, summary))
+    return MergeResult(Path(cfg.out), summary)
+
+
+def choose_check(verify: str, base: Path) -> str | None:
+    """``auto``: logits when two fp32 copies fit comfortably in memory, else weight by weight."""
+    if verify == "none":
+        return None
+    if verify != "auto":
+        return verify
+    weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        available = 8 << 30
+    needed = 2 * weights * 2  # two models, up to twice the bytes when a 16-bit base is loaded in fp32
+    if needed > available // 2:
+        warn("the model is too large to load twice here: verifying weight by weight instead of by logits")
+        return "layers"
+    return "logits"

@@ -1,0 +1,245 @@
+"""Stream a base model's shards through the LoRA merge into new shards, one tensor in memory at a time."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mft_core.errors import ConfigError, ContractError
+
+from .adapter import Adapter, ModuleLoRA
+from .ops import merge_embedding, merge_linear, nf4_roundtrip
+from .safetensors_io import Entry, StreamingWriter, read_header, read_tensor, tensor_nbytes
+
+OUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One base tensor: which shard file and where in it."""
+
+    path: Path
+    entry: Entry
+
+
+@dataclass
+class Plan:
+    sources: dict[str, Source | None]  # output name -> base tensor (None: taken whole from the adapter)
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    shards: list[list[str]]
+    config_updates: dict = field(default_factory=dict)
+    merged: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    quantized: set[str] = field(default_factory=set)  # tensors rounded through nf4 (--simulate-nf4)
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", text.upper())
+    if not match:
+        raise ConfigError(f"--max-shard-size {text!r}: expected e.g. 5GB, 500MB, 2GiB")
+    value, unit = float(match.group(1)), (match.group(2) or "B").replace("IB", "B")
+    return int(value * {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit])
+
+
+def base_entries(model_dir: Path) -> list[Source]:
+    """All tensors of a safetensors model, in shard and file order."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (model_dir / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ContractError(f"{model_dir}: no safetensors weights (model.safetensors or an index)",
+                            fix="re-save the base with save_pretrained(safe_serialization=True)")
+    out = []
+    for name in files:
+        entries, _ = read_header(model_dir / name)
+        out.extend(Source(model_dir / name, e) for e in entries)
+    return out
+
+
+def output_dtype(choice: str, base_config: dict, entries: list[Source]) -> torch.dtype:
+    if choice != "auto":
+        return OUT_DTYPES[choice]
+    named = base_config.get("dtype") or base_config.get("torch_dtype")
+    mapping = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if named in mapping:
+        return mapping[named]
+    for s in entries:
+        if s.entry.dtype in ("F32", "BF16", "F16"):
+            return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[s.entry.dtype]
+    return torch.float32
+
+
+def _check_lora_shape(lora: ModuleLoRA, shape: tuple[int, ...], fan_in_fan_out: bool) -> None:
+    if lora.embedding:
+        expected_a, expected_b = (lora.a.shape[0], shape[0]), (shape[1], lora.a.shape[0])
+    else:
+        out_f, in_f = (shape[1], shape[0]) if fan_in_fan_out else shape
+        expected_a, expected_b = (lora.a.shape[0], in_f), (out_f, lora.a.shape[0])
+    if tuple(lora.a.shape) != expected_a or tuple(lora.b.shape) != expected_b:
+        raise ContractError(
+            f"adapter module {lora.module}: LoRA shapes A{tuple(lora.a.shape)} B{tuple(lora.b.shape)} do not fit the "
+            f"base weight {shape}: the adapter was trained on another architecture or hidden size",
+            fix="pass the base the adapter was trained on with --base")
+
+
+def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard: int, simulate_nf4: bool) -> Plan:
+    """Decide every output tensor, its source, shape, dtype and shard, before reading any weight."""
+    base_config = json.loads((model_dir / "config.json").read_text())
+    entries = base_entries(model_dir)
+    by_name = {s.entry.name: s for s in entries}
+    plan = Plan({}, {}, {}, [])
+    for module, lora in adapter.modules.items():
+        name = f"{module}.weight"
+        if name not in by_name:
+            raise ContractError(f"adapter targets {module}, but the base has no tensor {name}",
+                                fix="check --base: the adapter was trained on another model")
+        _check_lora_shape(lora, by_name[name].entry.shape, adapter.fan_in_fan_out)
+        plan.merged.append(name)
+    tied = bool(base_config.get("tie_word_embeddings", False))
+    for name, tensor in adapter.replaced.items():
+        if name in plan.merged:
+            raise ContractError(f"adapter both replaces and adapts {name}")
+        if name not in by_name and not (name.startswith("lm_head") and tied):
+            raise ContractError(f"adapter's modules_to_save tensor {name} has no counterpart in the base")
+        plan.replaced.append(name)
+    for s in entries:
+        name = s.entry.name
+        plan.sources[name] = s
+        plan.shapes[name] = tuple(adapter.replaced[name].shape) if name in adapter.replaced else s.entry.shape
+    for name in adapter.replaced:
+        if name not in plan.sources:  # e.g. a trained lm_head on a model that tied it to the embeddings
+            plan.sources[name] = None
+            plan.shapes[name] = tuple(adapter.replaced[name].shape)
+            plan.config_updates["tie_word_embeddings"] = False
+    for name, s in plan.sources.items():
+        source_dtype = adapter.replaced[name].dtype if s is None else _entry_dtype(s.entry)
+        plan.dtypes[name] = dtype if source_dtype.is_floating_point else source_dtype
+    _resized_vocab(plan, base_config)
+    if simulate_nf4:
+        plan.quantized = quantized_linear_weights(model_dir) & set(plan.sources)
+    plan.shards = _shards(plan, max_shard)
+    return plan
+
+
+def _entry_dtype(entry: Entry) -> torch.dtype:
+    from .safetensors_io import DTYPES
+
+    return DTYPES[entry.dtype]
+
+
+def _resized_vocab(plan: Plan, base_config: dict) -> None:
+    """A trained embedding with more rows (added tokens) changes ``vocab_size``."""
+    vocab = base_config.get("vocab_size")
+    for name in plan.replaced:
+        shape = plan.shapes[name]
+        if vocab and len(shape) == 2 and ("embed" in name or "lm_head" in name or "wte" in name) and shape[0] != vocab:
+            plan.config_updates["vocab_size"] = shape[0]
+
+
+def quantized_linear_weights(model_dir: Path) -> set[str]:
+    """Weights QLoRA stored in nf4: every nn.Linear except the output layer (bitsandbytes' default skip)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    output = meta.get_output_embeddings()
+    return {f"{n}.weight" for n, m in meta.named_modules() if isinstance(m, torch.nn.Linear) and m is not output}
+
+
+def _shards(plan: Plan, max_shard: int) -> list[list[str]]:
+    shards, current, size = [], [], 0
+    for name in plan.sources:
+        nbytes = tensor_nbytes(plan.shapes[name], plan.dtypes[name])
+        if current and size + nbytes > max_shard:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def merged_tensor(name: str, plan: Plan, adapter: Adapter, handles: dict) -> torch.Tensor:
+    """The output value of one tensor: base, base + LoRA, or the adapter's trained copy (fp32 maths, then cast)."""
+    source = plan.sources[name]
+    if name in adapter.replaced:
+        value = adapter.replaced[name]
+    else:
+        if source.path not in handles:
+            handles[source.path] = open(source.path, "rb")
+        value = read_tensor(handles[source.path], source.entry)
+        if name in plan.quantized:
+            value = nf4_roundtrip(value)
+        lora = adapter.modules.get(name[: -len(".weight")]) if name.endswith(".weight") else None
+        if lora is not None:
+            if lora.embedding:
+                value = merge_embedding(value, lora.a, lora.b, lora.scale)
+            else:
+                value = merge_linear(value, lora.a, lora.b, lora.scale, adapter.fan_in_fan_out, lora.magnitude)
+    return value.to(plan.dtypes[name])
+
+
+def write_shards(plan: Plan, adapter: Adapter, out: Path, on_tensor=None) -> dict:
+    """Write every shard (and the index when there are several); returns the weight map."""
+    names = shard_names(len(plan.shards))
+    handles: dict = {}
+    weight_map = {}
+    total = 0
+    try:
+        for file_name, tensors in zip(names, plan.shards):
+            writer = StreamingWriter(out / file_name, [(n, plan.dtypes[n], plan.shapes[n]) for n in tensors])
+            for name in tensors:
+                value = merged_tensor(name, plan, adapter, handles)
+                writer.write(name, value)
+                total += value.numel() * value.element_size()
+                weight_map[name] = file_name
+                on_tensor and on_tensor(name)
+                del value
+            writer.close()
+    finally:
+        for handle in handles.values():
+            handle.close()
+    if len(names) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return weight_map
+
+
+def write_side_files(plan: Plan, model_dir: Path, adapter: Adapter, out: Path, dtype: torch.dtype) -> None:
+    """config.json (dtype, vocab, tying; no quantization), tokenizer + chat template, generation_config.json."""
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("quantization_config", None)
+    config.pop("torch_dtype", None)
+    config["dtype"] = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    config.update(plan.config_updates)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_source = adapter.path if (adapter.path / "tokenizer_config.json").is_file() else model_dir
+    for name in TOKENIZER_FILES:
+        if (tokenizer_source / name).is_file():
+            shutil.copy2(tokenizer_source / name, out / name)
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    generation = (GenerationConfig.from_pretrained(model_dir) if (model_dir / "generation_config.json").is_file()
+                  else GenerationConfig())
+    generation.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else generation.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else generation.eos_token_id
+    generation.save_pretrained(out)
