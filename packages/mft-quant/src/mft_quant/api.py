@@ -1,0 +1,116 @@
+"""mft-quant's library API: ``quantize_gptq(cfg)``: a model folder -> a GPTQ folder with a quality report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from mft_core.artifacts import resolve_model_dir
+from mft_core.config import config_to_dict
+from mft_core.errors import InputError, MFTError, QualityGateError
+from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest
+from mft_core.ui import info
+
+from . import __version__
+from .calibration import Sample, builtin_code_samples, chat_samples, generic_text_samples, tokenize_samples
+from .config import GPTQConfig
+from .gptq import check_model, quantize, resolve_device
+from .quality import compare, measure
+
+SIDE_FILES = ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "generation_config.json")
+
+
+@dataclass
+class QuantResult:
+    out: Path
+    summary: dict
+    up_to_date: bool = False
+
+
+def pick_samples(cfg: GPTQConfig, tokenizer) -> tuple[list[Sample], list[Sample], dict]:
+    """(calibration, evaluation, description): disjoint sets, from the team's data when given."""
+    if cfg.calib:
+        calib = chat_samples(cfg.calib, tokenizer, "train", cfg.calib_samples, cfg.seed)
+        held_out = chat_samples(cfg.calib, tokenizer, "valid", cfg.eval_samples, cfg.seed)
+        used = {s.id for s in calib}
+        held_out = [s for s in held_out if s.id not in used] or held_out
+        source = "chat"
+    elif cfg.calib_source == "generic-text":
+        pool = generic_text_samples(cfg.calib_samples + cfg.eval_samples)
+        calib, source = pool[: cfg.calib_samples], "generic-text"
+        held_out = builtin_code_samples(cfg.eval_samples, offset=cfg.calib_samples)
+    else:
+        calib = builtin_code_samples(cfg.calib_samples)
+        held_out, source = builtin_code_samples(cfg.eval_samples, offset=cfg.calib_samples), "builtin-code"
+    if not calib or not held_out:
+        raise InputError("no calibration or held-out samples",
+                         fix="pass --calib DATA_DIR with records, or lower --calib-samples for the built-in corpus")
+    description = {"source": source, "folder": str(Path(cfg.calib).resolve()) if cfg.calib else None,
+                   "samples": len(calib), "ids": [s.id for s in calib], "tasks": dict(Counter(s.task for s in calib)),
+                   "eval_samples": len(held_out), "eval_ids": [s.id for s in held_out]}
+    return calib, held_out, description
+
+
+def quantize_gptq(cfg: GPTQConfig) -> QuantResult:
+    """Quantize, measure the perplexity change, write everything atomically; gate on ``max_ppl_increase``."""
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_dir(cfg.model)
+    model_type = check_model(model_dir, cfg.group_size)  # before any heavy work
+    device = resolve_device(cfg.device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    calib, held_out, calibration = pick_samples(cfg, tokenizer)
+    config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("model", "out", "overwrite", "device")}
+    inputs = [InputRef.of(cfg.model)] + ([InputRef.of(cfg.calib)] if cfg.calib else [])
+    probe = new_manifest("quantized-model", "mft-quant", __version__, config, inputs)
+    if is_up_to_date(cfg.out, probe.fingerprint):
+        summary = read_manifest(cfg.out).summary
+        _gate(summary["quality"])
+        return QuantResult(Path(cfg.out), summary, up_to_date=True)
+    tokens = tokenize_samples(calib, tokenizer, cfg.calib_seq_len)
+    with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as staging:
+        quantize(cfg, model_dir, tokens, staging.path, device)
+        for name in SIDE_FILES:  # the source's own files: GPTQModel rewrites generation_config (do_sample: true)
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, staging.path / name)
+        info("measuring perplexity: full precision, then quantized")
+        fp = measure(model_dir, tokenizer, held_out, cfg.calib_seq_len, device)
+        quant = measure(staging.path, tokenizer, held_out, cfg.calib_seq_len, device)
+        quality = compare(fp, quant, cfg.max_ppl_increase)
+        if cfg.eval_humaneval:
+            quality["humaneval"] = humaneval_delta(model_dir, staging.path)
+        (staging.path / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+        summary = {"source_model": str(model_dir.resolve()), "model_type": model_type, "device": device,
+                   "settings": {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.desc_act,
+                                "sym": cfg.sym, "damp": cfg.damp},
+                   "calibration": calibration, "quality": quality}
+        staging.finish(new_manifest("quantized-model", "mft-quant", __version__, config, inputs, summary))
+    _gate(quality)
+    return QuantResult(Path(cfg.out), summary)
+
+
+def _gate(quality: dict) -> None:
+    if not quality["passed"]:
+        raise QualityGateError(
+            f"perplexity rose {quality['overall_increase']:+.1%}, above --max-ppl-increase {quality['max_increase']:.1%}",
+            fix="the folder is kept for inspection; try more or better calibration data, a smaller --group-size, "
+                "or --desc-act")
+
+
+def humaneval_delta(fp_dir: Path, quant_dir: Path) -> dict:
+    """pass@1 of both models with `mft-eval humaneval` (run as a command: tools talk through folders)."""
+    exe = Path(sys.executable).parent / "mft-eval"
+    if not exe.exists():
+        raise MFTError("--eval-humaneval needs mft-eval installed", fix="pip install -e packages/mft-eval")
+    scores = {}
+    for name, model in (("fp", fp_dir), ("quantized", quant_dir)):
+        out = quant_dir / f"humaneval-{name}"
+        subprocess.run([str(exe), "humaneval", str(model), "--out", str(out)], check=True)
+        scores[name] = json.loads((out / "summary.json").read_text())["pass_at_k"]["pass@1"]
+    return {**scores, "delta_pass@1": scores["quantized"] - scores["fp"]}
