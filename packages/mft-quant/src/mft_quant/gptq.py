@@ -63,6 +63,12 @@ def quantize(cfg: GPTQConfig, model_dir: Path, calibration: list[dict], out: Pat
 
     qcfg = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, desc_act=cfg.desc_act, sym=cfg.sym,
                           damp_percent=cfg.damp)
-    model = GPTQModel.load(str(model_dir), qcfg, device=device)
-    model.quantize(calibration, batch_size=cfg.batch_size)
-    model.save(str(out))
+    model_dir, out = model_dir.resolve(), out.resolve()
+    cwd = os.getcwd()
+    os.chdir(out)  # GPTQModel writes its per-layer log to ./logs: keep it with the output, not in the user's cwd
+    try:
+        model = GPTQModel.load(str(model_dir), qcfg, device=device)
+        model.quantize(calibration, batch_size=cfg.batch_size)
+        model.save(str(out))
+    finally:
+        os.chdir(cwd)
