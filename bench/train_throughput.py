@@ -155,7 +155,7 @@ def run_trl(work, steps, rows_per_step, micro, variant):
 
 # ---------------------------------------------------------------------------------------------------------------
 def prepare(work):
-    from mft_data.api import FormatConfig, SplitConfig, TokenizeConfig, format_task, tokenize_folder
+    from mft_data.api import FormatConfig, TokenizeConfig, format_task, tokenize_folder
     from mft_train.base_init import InitBaseConfig, init_base
 
     shutil.rmtree(work, ignore_errors=True)

@@ -118,3 +118,15 @@ def test_cli_tokenize_and_stats(formatted, llama_base, tmp_path):
     res = CliRunner().invoke(app, ["tokenize", str(tmp_path / "nothing"), "--tokenizer", str(llama_base), "--out",
                                    str(tmp_path / "x")])
     assert res.exit_code == 3 and "mft-data format" in res.output
+
+
+def test_in_place_commands_are_no_ops_when_repeated(tmp_path):
+    rows = [conv(("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(10)]
+    folder = make(tmp_path, rows)
+    split_folder(SplitConfig(folder=str(folder), valid_ratio=0.2, seed=1))
+    decontaminate(DecontamConfig(folder=str(folder)))
+    manifest = read_manifest(folder)
+    assert split_folder(SplitConfig(folder=str(folder), valid_ratio=0.2, seed=1)).up_to_date
+    assert decontaminate(DecontamConfig(folder=str(folder))).up_to_date
+    assert read_manifest(folder).id == manifest.id  # nothing rewritten, so downstream stays up to date
+    assert not decontaminate(DecontamConfig(folder=str(folder), ngram=12)).up_to_date

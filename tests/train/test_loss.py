@@ -1,6 +1,5 @@
 """Loss maths against a naive loop-over-tasks reference, hand-computed cases and properties."""
 
-import itertools
 
 import pytest
 import torch

@@ -44,6 +44,7 @@ class DecontamReport:
     ngram: int
     mode: str
     matched: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # task -> record id -> problem ids
+    up_to_date: bool = False
 
     @property
     def total(self) -> int:
@@ -53,7 +54,13 @@ class DecontamReport:
 def decontaminate(cfg: DecontamConfig) -> DecontamReport:
     """Drop (or flag in ``meta.contamination``) records sharing a word n-gram with HumanEval."""
     folder = Path(cfg.folder)
-    read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND)
+    summary = read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND).summary
+    done = summary.get("decontamination") or {}
+    settings = {"against": cfg.against, "ngram": cfg.ngram, "mode": cfg.mode}
+    if done and set(done) == set(summary["tasks"]) and all(
+            {k: d.get(k) for k in settings} == settings for d in done.values()):
+        return DecontamReport(cfg.ngram, cfg.mode, {t: dict.fromkeys(d["ids"], []) for t, d in done.items()},
+                              up_to_date=True)
     matcher = Matcher(humaneval_texts(cfg.problems), cfg.ngram)
     report = DecontamReport(cfg.ngram, cfg.mode)
     for task in task_names(folder):
@@ -84,6 +91,8 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
                 "ids": sorted(hits)}
         if cfg.mode == "drop" and summary.get("split"):
             summary["split"]["valid_counts"] = {t: _count(folder / t / "valid.jsonl") for t in report.matched}
+            summary["split"]["counts"] = {t: [_count(folder / t / "train.jsonl"), _count(folder / t / "valid.jsonl")]
+                                          for t in report.matched}
 
     update_folder_manifest(folder, mutate)
     return report
@@ -97,12 +106,16 @@ def _count(path: Path) -> int:
 @dataclass
 class SplitReport:
     counts: dict[str, tuple[int, int]]  # task -> (train, valid)
+    up_to_date: bool = False
 
 
 def split_folder(cfg: SplitConfig) -> SplitReport:
     """Write ``train.jsonl``/``valid.jsonl`` per task (data.jsonl is kept), then the manifest."""
     folder = Path(cfg.folder)
-    read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND)
+    summary = read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND).summary
+    done = summary.get("split") or {}
+    if done.get("valid_ratio") == cfg.valid_ratio and done.get("seed") == cfg.seed and "counts" in done:
+        return SplitReport({t: tuple(c) for t, c in done["counts"].items()}, up_to_date=True)
     counts = {}
     for task in task_names(folder):
         records = list(iter_task_records(folder, task))
@@ -113,7 +126,8 @@ def split_folder(cfg: SplitConfig) -> SplitReport:
 
     def mutate(summary: dict) -> None:
         summary["split"] = {"valid_ratio": cfg.valid_ratio, "seed": cfg.seed,
-                            "valid_counts": {t: c[1] for t, c in counts.items()}}
+                            "valid_counts": {t: c[1] for t, c in counts.items()},
+                            "counts": {t: list(c) for t, c in counts.items()}}
 
     update_folder_manifest(folder, mutate)
     return SplitReport(counts)

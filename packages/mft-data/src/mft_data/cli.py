@@ -96,6 +96,8 @@ def decontaminate(
     cfg = build_config(C.DecontamConfig, config, dict(folder=folder, against=against, ngram=ngram, mode=mode,
                                                       problems=problems))
     report = run(cfg)
+    if report.up_to_date:
+        console.print(f"[green]up to date[/]: {folder} was already decontaminated with these settings")
     for task, hits in report.matched.items():
         shown = ", ".join(list(hits)[:10]) + (" ..." if len(hits) > 10 else "")
         console.print(f"{task}: {len(hits)} {'dropped' if cfg.mode == 'drop' else 'flagged'}" + (f" ({shown})" if hits else ""))
@@ -113,7 +115,10 @@ def split(
     from .api import split_folder
 
     cfg = build_config(C.SplitConfig, config, dict(folder=folder, valid_ratio=valid_ratio, seed=seed))
-    for task, (train_n, valid_n) in split_folder(cfg).counts.items():
+    report = split_folder(cfg)
+    if report.up_to_date:
+        console.print(f"[green]up to date[/]: {folder} is already split with these settings")
+    for task, (train_n, valid_n) in report.counts.items():
         console.print(f"{task}: train {train_n}, valid {valid_n}")
 
 

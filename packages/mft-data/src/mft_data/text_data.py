@@ -22,6 +22,7 @@ from .encode import IGNORE, Encoded
 from .splitting import split_ids
 from .tokenized import TOOL, build_rows, save_rows
 
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git", "node_modules", ".venv", "test", "tests"}
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".js", ".ts", ".java", ".c", ".h", ".cpp", ".go", ".rs", ".sh", ".rst", ".json")
 
 
@@ -33,23 +34,37 @@ class TextTokenizeConfig:
     seq_len: int = 1024
     valid_ratio: float = 0.02
     max_files: int = 0  # 0: all
+    max_mb: float = 0.0  # 0: all; else stop adding files past this many megabytes (in sorted order)
     seed: int = 0
     overwrite: bool = False
 
 
-def text_files(sources: Sequence[str], max_files: int = 0) -> list[Path]:
-    """Files named directly, plus files with a known text suffix under named folders (sorted, deterministic)."""
+def text_files(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) -> list[Path]:
+    """Files named directly, plus files with a known text suffix under named folders (sorted, deterministic).
+
+    Inside folders, installed packages, caches and test suites (:data:`SKIP_DIRS`) are skipped: they are not the
+    source a user points at, and a Python prefix holds gigabytes of them.
+    """
     files: list[Path] = []
     for src in sources:
         path = Path(src)
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
+                            and not SKIP_DIRS & set(p.relative_to(path).parts[:-1]))
         else:
             raise InputError(f"{src}: no such file or folder")
     if max_files:
         files = files[:max_files]
+    if max_mb:
+        kept, total = [], 0
+        for f in files:
+            if total >= max_mb * 1e6:
+                break
+            kept.append(f)
+            total += f.stat().st_size
+        files = kept
     if not files:
         raise InputError(f"no text files found in {', '.join(sources)}", fix=f"use files ending in {', '.join(TEXT_SUFFIXES)}")
     return files
@@ -72,9 +87,10 @@ def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], 
     """Write a tokenized-data folder (single task ``text``) from raw files; returns its manifest."""
     from transformers import AutoTokenizer
 
-    files = text_files(cfg.sources, cfg.max_files)
+    files = text_files(cfg.sources, cfg.max_files, cfg.max_mb)
     listing = [(str(f), f.stat().st_size) for f in files]
-    config = {"sources": [str(Path(s).resolve()) for s in cfg.sources], "files": len(files), "seq_len": cfg.seq_len,
+    config = {"sources": [str(Path(s).resolve()) for s in cfg.sources], "files": len(files), "max_mb": cfg.max_mb,
+              "seq_len": cfg.seq_len,
               "valid_ratio": cfg.valid_ratio, "seed": cfg.seed, "mode": "pack", "kind": "text"}
     inputs = (InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode())),
               InputRef.of(Path(cfg.tokenizer) / "tokenizer.json"))

@@ -29,10 +29,10 @@ from mft_core.manifest import (
 from mft_core.ui import console, progress
 
 from . import __version__, dist
-from .checkpoint import TrainState, find_resume, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import TrainState, find_resume, list_checkpoints
 from .config import TrainConfig
 from .data import load_data, prepare_data
-from .engine import LocalEngine, make_optimizer
+from .engine import make_optimizer
 from .loop import Hooks, LoopParts, evaluate, mean_valid, run_loop, total_steps_for
 from .metrics import MetricsLog, plot_loss_per_task
 from .modeling import base_model_dir, load_model, load_tokenizer
@@ -52,6 +52,11 @@ def resolve_loss_mode(cfg: TrainConfig, tasks: tuple[str, ...]) -> str:
     if cfg.loss_mode != "auto":
         return cfg.loss_mode
     return "task" if len(tasks) > 1 else "token"
+
+
+def loss_of(mode: str) -> str:
+    """The loss the step computes: convergence balancing is the `task` loss with weights that move."""
+    return "task" if mode in ("coba", "selfpaced") else mode
 
 
 def task_weight_tensor(cfg: TrainConfig, tasks: tuple[str, ...]) -> torch.Tensor:
@@ -98,6 +103,8 @@ class _Reporter:
             self.log.log({"kind": "train", "step": state.step, "loss": sum(x.loss for x in self.window) / n,
                           "task_loss": _mean_task_loss(self.window), "lr": self.parts.engine.scheduler.get_last_lr()[0],
                           "grad_norm": self.window[-1].grad_norm,
+                          **({"task_weights": dict(zip(self.parts.tasks, self.parts.task_weights.tolist()))}
+                             if self.cfg.loss_mode in ("coba", "selfpaced") else {}),
                           "tokens_per_s": sum(x.real_tokens for x in self.window) / max(seconds, 1e-9),
                           "tokens_seen": state.tokens_seen})
             self.window = []
@@ -119,6 +126,49 @@ class _Reporter:
         if stop and dist.is_main():
             console.print(f"early stop at step {state.step}: no better mean valid loss for {state.bad_evals} evals")
         return stop
+
+
+class _Balancer:
+    """Convergence balancing (loss_mode coba | selfpaced): samples valid batches every ``coba_update_interval``
+    steps and sets the task weights of the next steps from the loss slopes (see :mod:`balance`)."""
+
+    def __init__(self, cfg: TrainConfig, parts: LoopParts, model, valid, state: TrainState):
+        from .balance import BalanceState
+
+        if valid is None:
+            raise ConfigError(f"loss_mode {cfg.loss_mode} needs a valid split to watch",
+                              fix="run `mft-data split DATA_DIR` before tokenizing")
+        self.cfg, self.parts, self.model, self.valid = cfg, parts, model, valid
+        self.state = BalanceState(**state.balance) if state.balance else BalanceState()
+        if self.state.weights:
+            parts.task_weights = torch.tensor(self.state.weights, dtype=torch.float64)
+        if self.state.initial is None:
+            initial = self._losses(None)
+            missing = [t for t, v in zip(parts.tasks, initial) if v != v]
+            if missing:
+                raise ConfigError(f"tasks without valid records: {', '.join(missing)}",
+                                  fix="split with a larger --valid-ratio so every task has valid records")
+            self.state.initial = initial
+        state.balance = vars(self.state)
+
+    def _losses(self, indices) -> list[float]:
+        task_loss = evaluate(self.model, self.valid, self.parts.tasks, self.cfg.micro_batch_size, self.parts.pad_id,
+                             self.cfg.bf16, indices)
+        return [v if v is not None else float("nan") for v in task_loss.values()]
+
+    def after_step(self, state: TrainState) -> None:
+        from .balance import update_weights
+
+        if state.step % self.cfg.coba_update_interval:
+            return
+        n = self.cfg.micro_batch_size * self.cfg.coba_sample_valid_num * dist.world_size()
+        sample = len(self.state.losses)
+        indices = [(sample * n + j) % len(self.valid) for j in range(min(n, len(self.valid)))]  # cyclic, no RNG
+        self.state.losses.append(self._losses(indices))
+        weights = update_weights(self.state, self.cfg.loss_mode, self.cfg.coba_history_length,
+                                 self.cfg.coba_warmup_steps, self.cfg.coba_tau, self.cfg.selfpaced_scale)
+        self.parts.task_weights = torch.tensor(weights, dtype=torch.float64)
+        state.balance = vars(self.state)
 
 
 def _mean_task_loss(results) -> dict[str, float | None]:
@@ -168,7 +218,8 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
 
     tokenizer = load_tokenizer(model_dir)
     if dist.is_main():
-        data_path = prepare_data(cfg.data, model_dir, cfg.seq_len, out, raw_text=kind == "pretrain")
+        data_path = prepare_data(cfg.data, model_dir, cfg.seq_len, out, raw_text=kind == "pretrain",
+                                 text_max_mb=cfg.text_max_mb)
     dist.barrier()
     data_path = dist.broadcast_object(str(data_path) if dist.is_main() else None)
     data = load_data(Path(data_path), model_dir, cfg.seq_len)
@@ -177,19 +228,23 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
 
     from transformers import set_seed
 
+    if not torch.cuda.is_available():
+        # tiny gradients and Adam moments become denormal floats, which x86 CPUs process many times slower
+        torch.set_flush_denormal(True)
     set_seed(cfg.seed)
     model = load_model(cfg, model_dir, tokenizer)
     world = dist.world_size()
     total = total_steps_for(len(data.train), cfg.micro_batch_size * cfg.grad_accum * world, cfg.epochs, cfg.max_steps)
     engine = _setup_engine(cfg, model, total)
-    parts = LoopParts(engine, data.train, data.tasks, weights, loss_mode, cfg.micro_batch_size, cfg.grad_accum, cfg.seed,
-                      tokenizer.pad_token_id, cfg.bf16, cfg.max_grad_norm, total)
+    parts = LoopParts(engine, data.train, data.tasks, weights, loss_of(loss_mode), cfg.micro_batch_size, cfg.grad_accum,
+                      cfg.seed, tokenizer.pad_token_id, cfg.bf16, cfg.max_grad_norm, total)
     resolved = {**config, "loss_mode": loss_mode}
     checkpoint = find_resume(out, cfg.resume)
     state = engine.load(checkpoint, resolved) if checkpoint else TrainState()
     if checkpoint and dist.is_main():
         console.print(f"resumed from {checkpoint} (step {state.step} of {total})")
 
+    balancer = _Balancer(cfg, parts, engine.model, data.valid, state) if loss_mode in ("coba", "selfpaced") else None
     tb_dir = Path(cfg.tb_dir) if cfg.tb_dir else out / "tb"
     log = MetricsLog(out, tb_dir, state.step if checkpoint else None, enabled=dist.is_main())
     with progress() as bar:
@@ -198,6 +253,8 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
                              bar_task)
         hooks = Hooks(reporter.on_step, reporter.on_eval, lambda s: engine.save(out, s, resolved),
                       cfg.eval_every, cfg.save_every)
+        if balancer is not None:
+            hooks.after_step = balancer.after_step
         state = run_loop(parts, state, hooks)
     if data.valid is not None and (reporter.last_eval is None or reporter.last_eval["step"] != state.step):
         reporter.on_eval(state)

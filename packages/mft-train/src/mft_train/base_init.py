@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mft_core.families import get_family, get_preset
-from mft_core.manifest import atomic_output_dir, new_manifest
+from mft_core.manifest import atomic_output_dir, is_up_to_date, new_manifest
 from mft_core.templates import DEFAULT_CHAT_TEMPLATE
 
 from . import __version__
@@ -88,9 +88,16 @@ def build_model(family_name: str, preset_name: str, tokenizer, seed: int):
 
 
 def init_base(cfg: InitBaseConfig) -> Path:
-    """Build and save the tiny base (atomically, manifest last); returns the output folder."""
+    """Build and save the tiny base (atomically, manifest last); returns the output folder.
+
+    The same settings again find the finished folder and return it untouched.
+    """
     family = get_family(cfg.family)
     preset = get_preset(cfg.preset)
+    config = {"family": cfg.family, "preset": cfg.preset, "seed": cfg.seed, "sizes": dict(preset),
+              "tokenizer_corpus_mb": cfg.tokenizer_corpus_mb, "vocab_size": cfg.vocab_size}
+    if is_up_to_date(cfg.out, new_manifest("base-model", "mft-train", __version__, config).fingerprint):
+        return Path(cfg.out)
     tokenizer = train_tokenizer(cfg.vocab_size or preset["vocab"], cfg.tokenizer_corpus_mb, family.bos_is_marker)
     model = build_model(cfg.family, cfg.preset, tokenizer, cfg.seed)
     tokenizer.model_max_length = preset["max_positions"]
@@ -100,7 +107,5 @@ def init_base(cfg: InitBaseConfig) -> Path:
         params = sum(p.numel() for p in model.parameters())
         summary = {"model_type": family.model_type, "parameters": params, "vocab_size": model.config.vocab_size,
                    "tokenizer_vocab": len(tokenizer), "bos_is_marker": family.bos_is_marker}
-        config = {"family": cfg.family, "preset": cfg.preset, "seed": cfg.seed, "sizes": dict(preset),
-                  "tokenizer_corpus_mb": cfg.tokenizer_corpus_mb}
         staging.finish(new_manifest("base-model", "mft-train", __version__, config, (), summary))
     return Path(cfg.out)

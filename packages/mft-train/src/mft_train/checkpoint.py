@@ -36,6 +36,7 @@ class TrainState:
     best_step: int | None = None
     bad_evals: int = 0
     stopped_early: bool = False
+    balance: dict | None = None  # convergence-balancing histories and weights (balance.BalanceState)
 
 
 def rng_state() -> dict[str, Any]:

@@ -81,12 +81,47 @@ def pretrain(
     data: Annotated[str, typer.Option(help="Raw text/code files or folders (comma-separated).")],
     model: Annotated[str, typer.Option(help="Model folder to continue from.")],
     out: Annotated[str, typer.Option(help="Output folder (the model lands in OUT/model).")],
+    max_mb: Annotated[Optional[float], typer.Option(help="Read at most this many MB of the files (sorted order).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML with more keys (same as run).")] = None,
     sets: SetOpt = None,
 ):
     """Continue pretraining on raw code: packed, loss on every token, full fine-tuning by default."""
-    _train("pretrain", config, (sets or []) + [f"data={data}", f"model={model}", f"output_dir={out}"],
+    extra = [f"text_max_mb={max_mb}"] if max_mb is not None else []
+    _train("pretrain", config, (sets or []) + extra + [f"data={data}", f"model={model}", f"output_dir={out}"],
            {"peft": "none", "loss_mode": "token", "seq_len": 512, "lr": 1e-3})
+
+
+@app.command()
+@cli_errors
+def launch(
+    config: Annotated[str, typer.Argument(help="YAML config, as for `run`.")],
+    nproc: Annotated[int, typer.Option(help="Processes per node (one per GPU; on CPU, a few).")] = 1,
+    strategy: Annotated[str, typer.Option(help="ddp | zero2 | zero3 | fsdp (FSDP2 fully_shard).")] = "ddp",
+    nnodes: Annotated[int, typer.Option(help="Number of nodes.")] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's rank (0 .. nnodes-1).")] = 0,
+    master_addr: Annotated[str, typer.Option(help="Address of node 0.")] = "127.0.0.1",
+    master_port: Annotated[int, typer.Option(help="Port on node 0.")] = 29500,
+    offload: Annotated[str, typer.Option(help="DeepSpeed offload to CPU: none | optimizer | params | all (zero3).")] = "none",
+    sets: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun (and accelerate) line, run nothing.")] = False,
+):
+    """Train on several processes, GPUs or nodes through torchrun (DDP, DeepSpeed ZeRO-2/3, FSDP2)."""
+    import subprocess
+
+    from .launch import LaunchConfig, accelerate_equivalent, launch_env, torchrun_command
+
+    cfg = LaunchConfig(config=config, strategy=strategy, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                       master_addr=master_addr, master_port=master_port, offload=offload, sets=tuple(sets or ()))
+    cmd = torchrun_command(cfg)
+    env = launch_env(cfg)
+    if dry_run:
+        import shlex
+
+        exports = " ".join(f"{k}={env[k]}" for k in ("MFT_STRATEGY", "MFT_EXPECTED_WORLD_SIZE", "MFT_OFFLOAD"))
+        typer.echo(f"{exports} {shlex.join(cmd)}")
+        typer.echo(f"# GPU-only equivalent: {exports} {accelerate_equivalent(cfg)}")
+        return
+    raise typer.Exit(subprocess.run(cmd, env=env).returncode)
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ from typing import Literal
 
 from mft_core.errors import ConfigError
 
-LossMode = Literal["auto", "token", "sample", "task", "task-sample"]
+LossMode = Literal["auto", "token", "sample", "task", "task-sample", "coba", "selfpaced"]
 # keys that may change between a checkpoint and its resume without changing the result
-RESUME_SAFE_KEYS = frozenset({"resume", "log_every", "save_every", "save_limit", "tb_dir"})
+RESUME_SAFE_KEYS = frozenset({"resume", "log_every", "save_every", "save_limit", "tb_dir", "output_dir"})
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,16 @@ class TrainConfig:
     # multi-task loss
     loss_mode: LossMode = "auto"
     task_weights: dict[str, float] = field(default_factory=dict)
+    # convergence balancing (loss_mode coba | selfpaced): task weights from validation-loss slopes
+    coba_update_interval: int = 1  # optimizer steps between weight updates
+    coba_sample_valid_num: int = 1  # valid micro-batches sampled per update
+    coba_warmup_steps: int = 100  # updates with equal weights before the first fit
+    coba_history_length: int = 200  # updates in the slope window
+    coba_tau: float = 5.0  # divergence-factor temperature
+    selfpaced_scale: float = 50.0  # self-paced softmax scale
     tb_dir: str = ""  # default: OUTPUT_DIR/tb
     resume: str = "none"  # auto | none | path to a checkpoint-N folder
+    text_max_mb: float = 0.0  # pretrain only: read at most this many MB of the raw files (0: all)
 
     def __post_init__(self):
         if not self.model:
@@ -81,6 +89,10 @@ class TrainConfig:
             raise ConfigError("max_steps and warmup_steps cannot be negative")
         if self.peft == "none" and (self.use_dora or self.use_rslora):
             raise ConfigError("use_dora/use_rslora need peft: lora or qlora")
+        if min(self.coba_update_interval, self.coba_sample_valid_num, self.coba_history_length) < 1:
+            raise ConfigError("coba_update_interval, coba_sample_valid_num and coba_history_length must be >= 1")
+        if self.loss_mode in ("coba", "selfpaced") and self.task_weights:
+            raise ConfigError(f"loss_mode {self.loss_mode} sets the task weights itself; remove task_weights")
         if any(w < 0 for w in self.task_weights.values()):
             raise ConfigError("task_weights must be >= 0")
 

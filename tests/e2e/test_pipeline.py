@@ -1,0 +1,63 @@
+"""The whole chain, cut down (`run.py --quick`), then every stage's output loaded with plain
+transformers / peft / datasets in a fresh interpreter that never imports mft."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["base", "pretrain", "data", "tok", "train", "merged", "quant", "eval-demo-base", "eval-demo-merged",
+          "eval-demo-quant", "eval-humaneval-merged"]
+
+CHECK = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from datasets import load_from_disk
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = Path(sys.argv[1])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for folder in ("base", "pretrain/model", "merged"):
+        model = AutoModelForCausalLM.from_pretrained(run / folder)
+        assert torch.isfinite(model(ids).logits).all(), folder
+        assert AutoTokenizer.from_pretrained(run / folder).chat_template, folder
+    base = AutoModelForCausalLM.from_pretrained(run / "pretrain/model")
+    tuned = PeftModel.from_pretrained(base, run / "train/adapter")
+    assert torch.isfinite(tuned(ids).logits).all()
+    quant = AutoModelForCausalLM.from_pretrained(run / "quant", device_map="cpu")
+    assert torch.isfinite(quant(ids).logits.float()).all()
+    rows = load_from_disk(str(run / "tok/train"))
+    assert {"input_ids", "labels", "position_ids", "task_ids"} <= set(rows.column_names) and len(rows) > 0
+    for line in (run / "data/codegen/train.jsonl").read_text().splitlines():
+        assert json.loads(line)["chat_rounds"][-1]["role"] == "assistant"
+    for name in ("eval-demo-base", "eval-demo-merged", "eval-demo-quant", "eval-humaneval-merged"):
+        summary = json.loads((run / name / "summary.json").read_text())
+        assert 0.0 <= summary["pass_at_k"]["pass@1"] <= 1.0, name
+    leaked = [m for m in sys.modules if m.startswith("mft")]
+    assert not leaked, leaked
+    print("OK")
+""")
+
+
+def test_quick_pipeline_end_to_end(tmp_path):
+    run = tmp_path / "pipeline"
+    cmd = [sys.executable, str(REPO / "examples" / "pipeline" / "run.py"), "--quick", "--run-dir", str(run)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    for stage in STAGES:
+        assert (run / stage / "manifest.json").is_file(), stage
+    report = (run / "report.md").read_text()
+    assert "pass@1" in report and "Merge check" in report and "Quantization" in report
+    check = subprocess.run([sys.executable, "-c", CHECK, str(run)], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
+    # a second run redoes nothing: every tool finds its finished folder
+    manifests = {s: json.loads((run / s / "manifest.json").read_text())["id"] for s in STAGES}
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {s: json.loads((run / s / "manifest.json").read_text())["id"] for s in STAGES} == manifests

@@ -1,0 +1,167 @@
+"""Two CPU processes (gloo) give the same losses and weights as one; silent launcher fallbacks are refused.
+
+For ddp, zero2, zero3 and fsdp: 2 processes x 2 micro-batches vs 1 process x 4 micro-batches on the same rows,
+`task` loss, one task held by a single row (so in every step one rank has no token of it).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from helpers import format_folder, train_config
+
+from mft_core.config import config_to_dict
+from mft_core.errors import ConfigError
+from mft_train.launch import check_launch_environment
+
+EXE = os.path.join(os.path.dirname(sys.executable), "mft-train")
+pytestmark = pytest.mark.multiproc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def uneven(llama_base, tmp_path_factory):
+    """8 rows, one record each (pad mode): task `rare` has a single row."""
+    from mft_data.api import TokenizeConfig, tokenize_folder
+
+    tmp = tmp_path_factory.mktemp("dist")
+    tasks = {"common": [{"prompt": f"Add {i} to x", "answer": f"def f(x):\n    return x + {i}"} for i in range(5)],
+             "other": [{"prompt": f"Explain {i}", "answer": f"It returns {i} more." * (1 + i)} for i in range(2)],
+             "rare": [{"prompt": "Write max", "answer": "def m(a, b):\n    return a if a > b else b"}]}
+    folder = format_folder(tmp / "data", tasks)
+    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(tmp / "tok"), seq_len=64,
+                                   mode="pad"))
+    return tmp / "tok"
+
+
+def write_config(path, base, data, **kw):
+    cfg = config_to_dict(train_config(base, data, path.parent / "unused", lora_dropout=0.0, max_steps=3, eval_every=0,
+                                      lr=1e-3, warmup_steps=0, loss_mode="task", micro_batch_size=2, **kw))
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_single(config, out):
+    proc = subprocess.run([EXE, "run", str(config), "--set", f"output_dir={out}", "--set", "grad_accum=4"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def run_launch(config, out, strategy, *sets, check=True, **popen):
+    cmd = [EXE, "launch", str(config), "--nproc", "2", "--strategy", strategy, "--master-port", str(free_port()),
+           "--set", f"output_dir={out}", "--set", "grad_accum=2"] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **popen)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc
+
+
+def losses(out):
+    return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+
+
+def adapter(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(llama_base, uneven, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    config = write_config(tmp / "cfg.yaml", llama_base, uneven)
+    run_single(config, tmp / "single")
+    return config, tmp / "single"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3", "fsdp"])
+def test_two_processes_equal_one(reference, strategy, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config, single = reference
+    out = tmp_path / strategy
+    run_launch(config, out, strategy)
+    assert losses(out) == pytest.approx(losses(single), abs=1e-5)
+    a, b = adapter(single), adapter(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), (strategy, name)
+    # the output is a plain PEFT adapter, loadable without DeepSpeed or a process group
+    base = AutoModelForCausalLM.from_pretrained(yaml.safe_load(config.read_text())["model"])
+    PeftModel.from_pretrained(base, out / "adapter")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_kill_and_resume_equals_uninterrupted(reference, strategy, tmp_path):
+    """SIGKILL the whole launch (torchrun and both workers) after step 3, resume, compare to uninterrupted."""
+    config, _ = reference
+    sets = ("max_steps=6", "save_every=2")
+    straight = tmp_path / "straight"
+    run_launch(config, straight, strategy, *sets)
+    out = tmp_path / "killed"
+    cmd = [EXE, "launch", str(config), "--nproc", "2", "--strategy", strategy, "--master-port", str(free_port()),
+           "--set", f"output_dir={out}", "--set", "grad_accum=2"] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out / "checkpoint-2").is_dir():
+        time.sleep(0.2)
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count('"train"') < 3):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    run_launch(config, out, strategy, *sets, "resume=auto")
+    a, b = adapter(straight), adapter(out)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), (strategy, name)
+
+
+def test_fallback_detection():
+    with pytest.raises(ConfigError, match="FSDP plugin is ignored on CPU"):
+        check_launch_environment({"ACCELERATE_USE_FSDP": "true"}, cuda=False)
+    with pytest.raises(ConfigError, match="started one"):
+        check_launch_environment({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}, cuda=False)
+    with pytest.raises(ConfigError, match="expected 2 processes"):
+        check_launch_environment({"MFT_EXPECTED_WORLD_SIZE": "2", "WORLD_SIZE": "1"}, cuda=False)
+    check_launch_environment({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "ACCELERATE_USE_CPU": "True"}, cuda=False)
+    check_launch_environment({}, cuda=False)
+
+
+def test_accelerate_cpu_fallback_is_refused_for_real(reference, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` really starts one process; the worker notices and refuses."""
+    config, _ = reference
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    proc = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mft_train.worker", str(config),
+                           "--set", f"output_dir={tmp_path / 'acc'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "started one" in proc.stderr + proc.stdout
+    assert not (tmp_path / "acc" / "manifest.json").exists()
+
+
+def test_dry_run_prints_torchrun_and_accelerate_lines(tmp_path):
+    proc = subprocess.run([EXE, "launch", "cfg.yaml", "--nproc", "8", "--nnodes", "2", "--node-rank", "1",
+                           "--master-addr", "10.0.0.1", "--strategy", "zero3", "--offload", "params", "--dry-run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1" in proc.stdout
+    assert "MFT_STRATEGY=zero3" in proc.stdout and "accelerate launch --use_deepspeed --zero_stage 3" in proc.stdout
+    bad = subprocess.run([EXE, "launch", "cfg.yaml", "--strategy", "zero2", "--offload", "params", "--dry-run"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "zero3" in bad.stderr
