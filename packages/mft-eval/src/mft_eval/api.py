@@ -1,0 +1,239 @@
+"""``mft-eval`` as library calls: score a samples file, or generate + score a model. Each writes one folder::
+
+    samples.jsonl    one line per sample: task_id, sample, completion (+ prompt and raw output when generated)
+    results.jsonl    one line per sample: status (passed | failed | timed out | crashed), exception, output, times
+    summary.json     pass@k overall and per task, status counts, preset, sandbox isolation, versions
+    generation.json  (humaneval) prompts' template, stop sequences, sampling settings, seed, backend, model id
+    manifest.json    written last: kind "eval", config, inputs (model manifest id, samples/problems hashes)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mft_core.config import config_to_dict
+from mft_core.errors import ConfigError, InputError
+from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest
+
+from . import __version__
+from .config import HumanEvalConfig, ScoreConfig
+from .generate import versions
+from .postprocess import PRESETS, build_program
+from .problems import default_problem_file, load_problems, load_samples
+from .sandbox import ExecResult, Job, Limits, Sandbox
+from .score import per_task_counts, summarize
+
+TOOL = "mft-eval"
+# Settings that do not change the result, so not part of the "up to date" fingerprint.
+_NOT_FINGERPRINTED = ("out", "overwrite", "workers", "samples", "model", "problems", "batch_size", "threads")
+OnProgress = Callable[[str, int, int], None]  # (stage, done so far, total)
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    up_to_date: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def execute(problems: dict[str, dict], samples: list[tuple[str, str]], cfg, on_progress: OnProgress | None = None
+            ) -> tuple[list[ExecResult], dict[str, Any], float]:
+    """Run every ``(task_id, completion)`` in the sandbox. Returns results (in order), isolation info, seconds."""
+    preset = PRESETS[cfg.preset]
+    jobs = [Job(i, build_program(problems[t], c, preset), cfg.timeout) for i, (t, c) in enumerate(samples)]
+    done = 0
+
+    def tick(_result: ExecResult) -> None:
+        nonlocal done
+        done += 1
+        if on_progress and (done % 50 == 0 or done == len(jobs)):
+            on_progress("execute", done, len(jobs))
+
+    start = time.perf_counter()
+    with Sandbox(cfg.workers, Limits(memory_mb=cfg.memory_mb), packages=cfg.packages) as box:
+        results = box.run(jobs, tick)
+        info = box.info
+    return results, info, time.perf_counter() - start
+
+
+def _summary(samples: list[tuple[str, str]], results: list[ExecResult], cfg, sandbox: dict, seconds: float,
+             problems_path: str, n_problems: int) -> dict[str, Any]:
+    counts = per_task_counts([t for t, _ in samples], [r.passed for r in results])
+    scores = summarize(counts, cfg.k)
+    status_counts = {s: 0 for s in ("passed", "failed", "timed out", "crashed")}
+    for r in results:
+        status_counts[r.status] = status_counts.get(r.status, 0) + 1
+    ns = [n for n, _ in counts.values()]
+    return {
+        "pass_at_k": scores["pass_at_k"],
+        "pass_at_k_percent": {k: round(100 * v, 2) for k, v in scores["pass_at_k"].items()},
+        "skipped_k": scores["skipped_k"],
+        "tasks": len(counts),
+        "problems_in_file": n_problems,
+        "samples": len(samples),
+        "samples_per_task": {"min": min(ns), "max": max(ns)},
+        "status_counts": status_counts,
+        "timeout_s": cfg.timeout,
+        "preset": PRESETS[cfg.preset].to_dict(),
+        "problems_file": problems_path,
+        "sandbox": sandbox,
+        "execution_seconds": round(seconds, 2),
+        "per_task": scores["per_task"],
+    }
+
+
+def _result_rows(samples: list[tuple[str, str]], indices: list[int], results: list[ExecResult]) -> list[dict]:
+    return [{"task_id": t, "sample": i, "status": r.status, "passed": r.passed, "exc_type": r.exc_type,
+             "message": r.message, "signal": r.signal, "output": r.output, "wall_s": r.wall_s, "cpu_s": r.cpu_s}
+            for (t, _), i, r in zip(samples, indices, results)]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    # ASCII escapes: model outputs may hold lone surrogates, which UTF-8 cannot encode
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _manifest_summary(summary: dict) -> dict:
+    return {"pass_at_k_percent": summary["pass_at_k_percent"], "tasks": summary["tasks"], "samples": summary["samples"],
+            "status_counts": summary["status_counts"], "preset": summary["preset"]["name"],
+            "isolation": summary["sandbox"].get("level"),
+            "files": ["samples.jsonl", "results.jsonl", "summary.json"]}
+
+
+def _fingerprinted(cfg) -> dict:
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_FINGERPRINTED}
+
+
+def _read_summary(out: Path) -> dict:
+    try:
+        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Fail before any work when the output folder exists (atomic_output_dir would, but only at the end)."""
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output folder {out} already exists (with other settings or inputs)",
+                          fix="pass --overwrite, or choose another --out")
+
+
+def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> EvalResult:
+    """Score an existing samples file (``task_id`` + ``completion``, or whole programs in solution mode)."""
+    if not Path(cfg.samples).is_file():
+        raise InputError(f"{cfg.samples}: no such file", fix="pass a samples .jsonl (task_id + completion per line)")
+    problems_path = cfg.problems or default_problem_file()
+    problems = load_problems(problems_path)
+    inputs = (InputRef.of(cfg.samples), InputRef.of(problems_path))
+    config = _fingerprinted(cfg)
+    out = Path(cfg.out)
+    if is_up_to_date(out, new_manifest("eval", TOOL, __version__, config, inputs).fingerprint):
+        return EvalResult(out, True, _read_summary(out))
+    _check_out(out, cfg.overwrite)
+    loaded = load_samples(cfg.samples, problems, solution_mode=cfg.solution_mode)
+    samples = [(s.task_id, s.completion) for s in loaded]
+    results, sandbox, seconds = execute(problems, samples, cfg, on_progress)
+    summary = _summary(samples, results, cfg, sandbox, seconds, str(problems_path), len(problems))
+    summary["samples_file"] = str(Path(cfg.samples).resolve())
+    summary["solution_mode"] = cfg.solution_mode
+    summary["versions"] = versions("none")
+    with atomic_output_dir(out, overwrite=cfg.overwrite) as staging:
+        _write_jsonl(staging.path / "samples.jsonl",
+                     [{"task_id": s.task_id, "sample": s.index, "line": s.line, "completion": s.completion}
+                      for s in loaded])
+        _write_jsonl(staging.path / "results.jsonl", _result_rows(samples, [s.index for s in loaded], results))
+        _write_json(staging.path / "summary.json", summary)
+        staging.finish(new_manifest("eval", TOOL, __version__, config, inputs, _manifest_summary(summary)))
+    return EvalResult(out, False, summary)
+
+
+def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -> EvalResult:
+    """Generate completions with the model, post-process, execute and score them; record everything."""
+    from mft_core.artifacts import model_fingerprint, resolve_model_dir
+
+    from .generate import build_prompts, clean_completion, generate_hf, generate_vllm, load_tokenizer
+
+    model_dir = resolve_model_dir(cfg.model)
+    problems_path = cfg.problems or default_problem_file()
+    problems = load_problems(problems_path)
+    chosen = list(problems.values())[: cfg.limit] if cfg.limit else list(problems.values())
+    model_ref = InputRef.of(cfg.model)
+    inputs = (model_ref, InputRef.of(problems_path))
+    config = _fingerprinted(cfg) | {"model_fingerprint": model_fingerprint(model_dir)}
+    out = Path(cfg.out)
+    if is_up_to_date(out, new_manifest("eval", TOOL, __version__, config, inputs).fingerprint):
+        return EvalResult(out, True, _read_summary(out))
+    _check_out(out, cfg.overwrite)
+
+    tokenizer = load_tokenizer(model_dir)
+    prompting = build_prompts(tokenizer, chosen, cfg)
+    total = len(chosen) * cfg.n_samples
+    made = 0
+
+    def gen_tick(n: int) -> None:
+        nonlocal made
+        made += n
+        if on_progress:
+            on_progress("generate", made, total)
+
+    start = time.perf_counter()
+    backend = generate_vllm if cfg.backend == "vllm" else generate_hf
+    raw = backend(model_dir, tokenizer, prompting, cfg, gen_tick)
+    gen_seconds = time.perf_counter() - start
+    rows, samples, indices = [], [], []
+    for problem, text, outputs in zip(chosen, prompting.texts, raw):
+        for i, output in enumerate(outputs):
+            completion = clean_completion(output, prompting)
+            rows.append({"task_id": problem["task_id"], "sample": i, "prompt": text, "raw": output,
+                         "completion": completion})
+            samples.append((problem["task_id"], completion))
+            indices.append(i)
+    results, sandbox, seconds = execute(problems, samples, cfg, on_progress)
+    summary = _summary(samples, results, cfg, sandbox, seconds, str(problems_path), len(problems))
+    generation = {
+        "backend": cfg.backend,
+        "model": str(Path(cfg.model).resolve()),
+        "model_dir": str(model_dir.resolve()),
+        "model_manifest_id": model_ref.manifest_id,
+        "prompt_mode": prompting.mode,
+        "chat_template": prompting.chat_template,
+        "chat_user_template": cfg.chat_user_template if prompting.mode == "chat" else None,
+        "system_prompt": cfg.system_prompt if prompting.mode == "chat" else None,
+        "add_special_tokens": prompting.add_special_tokens,
+        "stop_sequences": list(prompting.stop),
+        "eos_token": tokenizer.eos_token,
+        "postprocess": ("first fenced code block (else from the first def/import/class line), cut before the first "
+                        "top-level statement after the function" if prompting.mode == "chat"
+                        else "cut at the first stop sequence"),
+        "sampling": {"n_samples": cfg.n_samples, "temperature": cfg.temperature,
+                     "top_p": cfg.top_p if cfg.temperature > 0 else None, "do_sample": cfg.temperature > 0,
+                     "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
+        "seed": cfg.seed,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "problems": len(chosen),
+        "generation_seconds": round(gen_seconds, 2),
+        "versions": versions(cfg.backend),
+    }
+    summary["versions"] = generation["versions"]
+    summary["generation"] = {k: generation[k]
+                             for k in ("backend", "model_manifest_id", "prompt_mode", "sampling", "seed")}
+    with atomic_output_dir(out, overwrite=cfg.overwrite) as staging:
+        _write_jsonl(staging.path / "samples.jsonl", rows)
+        _write_jsonl(staging.path / "results.jsonl", _result_rows(samples, indices, results))
+        _write_json(staging.path / "generation.json", generation)
+        _write_json(staging.path / "summary.json", summary)
+        manifest_summary = _manifest_summary(summary) | {"model_manifest_id": model_ref.manifest_id}
+        manifest_summary["files"] = manifest_summary["files"] + ["generation.json"]
+        staging.finish(new_manifest("eval", TOOL, __version__, config, inputs, manifest_summary))
+    return EvalResult(out, False, summary)

