@@ -2,7 +2,7 @@
 
 Deterministic for a seed. Every function comes from a family of simple parameterised functions (arithmetic,
 string and list transforms) with names and constants varied:
-- ``codegen`` (Alpaca): a HumanEval-style prompt (signature + docstring) -> the function;
+- ``codegen`` (Alpaca): a HumanEval-style prompt (signature + docstring) -> the function's body;
 - ``explain`` (ShareGPT): a function -> its one-line description;
 - ``bugfix`` (OpenAI messages): a function with one injected bug -> the fixed function;
 - ``heldout.jsonl`` (HumanEval format: task_id, prompt, entry_point, test, canonical_solution): codegen
@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 VERBS = ["get", "make", "compute", "find", "build", "calc", "give", "produce", "fetch", "yield"]
-TRAIN_NOUNS = ["apples", "total", "value", "score", "count", "price", "level", "amount", "weight", "speed",
-               "height", "size", "index", "number", "result", "answer", "output", "item", "thing", "data"]
-HELDOUT_NOUNS = ["pears", "budget", "energy", "signal", "volume", "metric", "token", "width"]
+# Function names end in a made-up word, so a model can only get them right by copying from the prompt; held-out
+# names are checked never to occur in training, and held-out constants are kept out of the training ranges.
+SYLLABLES = ["ka", "lo", "mi", "ru", "te", "po", "za", "ne", "vi", "do", "ge", "su", "ba", "fi", "xo", "qu", "ye", "wa"]
+HELDOUT_CONSTANTS = {13, 27, 38, 41, 56, 63, 74, 85, 92}
+HELDOUT_SMALL = {5, 7}
 WORDS = ["ok", "end", "done", "x", "py", "abc", "yes", "no", "hi", "go"]
 HELDOUT_WORDS = ["zz", "fin", "tail", "qq"]
 
@@ -39,8 +41,10 @@ class Family:
     bug: Callable[[object], str] | None = None  # a plausible wrong body
 
 
-def _num(lo_train=2, hi_train=49, lo_held=51, hi_held=97):
-    return lambda rng, held: rng.randint(lo_held, hi_held) if held else rng.randint(lo_train, hi_train)
+def _num(lo=2, hi=99, held_values=HELDOUT_CONSTANTS):
+    train_values = [v for v in range(lo, hi + 1) if v not in held_values]
+    held_list = sorted(held_values)
+    return lambda rng, held: rng.choice(held_list) if held else rng.choice(train_values)
 
 
 def _word(rng, held):
@@ -59,7 +63,7 @@ FAMILIES = [
     Family("x", lambda c: f"Return the remainder of x divided by {c}.", lambda c: f"return x % {c}",
            lambda c, x: x % c, (0, 100, 251, 999), _num(), lambda c: f"return x // {c}"),
     Family("s", lambda c: f"Return s repeated {c} times.", lambda c: f"return s * {c}", lambda c, s: s * c,
-           ("a", "ab", ""), _num(2, 9, 11, 19), lambda c: f"return s * {c - 1}"),
+           ("a", "ab", ""), _num(2, 9, HELDOUT_SMALL), lambda c: f"return s * {c - 1}"),
     Family("s", lambda c: f"Return s followed by '{c}'.", lambda c: f"return s + '{c}'", lambda c, s: s + c,
            ("a", "hello", ""), _word, lambda c: f"return '{c}' + s"),
     Family("s", lambda c: "Return s in upper case.", lambda c: "return s.upper()", lambda c, s: s.upper(),
@@ -75,7 +79,7 @@ FAMILIES = [
            lambda c, xs: [v for v in xs if v > c], ([1, 50, 99, 3, 60], [], [100]), _num(),
            lambda c: f"return [v for v in xs if v < {c}]"),
     Family("xs", lambda c: f"Return how many times {c} appears in xs.", lambda c: f"return xs.count({c})",
-           lambda c, xs: xs.count(c), ([1, 2, 2], [], [7, 7, 7]), _num(1, 9, 11, 19),
+           lambda c, xs: xs.count(c), ([1, 2, 2], [], [7, 7, 7]), _num(1, 9, HELDOUT_SMALL),
            lambda c: "return len(xs)"),
 ]
 
@@ -108,12 +112,27 @@ class Func:
         return "\n".join(lines) + "\n"
 
 
+def made_up_word(rng: random.Random) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+
+
 def make_func(rng: random.Random, held: bool) -> Func:
     family = rng.choice(FAMILIES)
-    nouns = HELDOUT_NOUNS if held else TRAIN_NOUNS
-    name = f"{rng.choice(VERBS)}_{rng.choice(nouns)}"
+    name = f"{rng.choice(VERBS)}_{made_up_word(rng)}"
     const = family.const(rng, held) if family.const else None
     return Func(name, family, const)
+
+
+def unique_funcs(rng: random.Random, count: int, held: bool = False, avoid_names: set | None = None):
+    """``count`` distinct functions (by name and docstring), so every record is unique, as validate --strict wants;
+    names in ``avoid_names`` (the training names, for held-out problems) are never used."""
+    seen = set()
+    while len(seen) < count:
+        fn = make_func(rng, held)
+        key = (fn.name, fn.family.doc(fn.const))
+        if key not in seen and fn.name not in (avoid_names or ()):
+            seen.add(key)
+            yield fn
 
 
 def generate(out: Path, seed: int = 0, n_codegen: int = 3000, n_explain: int = 1500, n_bugfix: int = 1500,
@@ -123,37 +142,33 @@ def generate(out: Path, seed: int = 0, n_codegen: int = 3000, n_explain: int = 1
     out.mkdir(parents=True, exist_ok=True)
     files = {"codegen": out / "codegen.alpaca.jsonl", "explain": out / "explain.sharegpt.jsonl",
              "bugfix": out / "bugfix.openai.jsonl", "heldout": out / "heldout.jsonl"}
+    train_names: set[str] = set()
     with files["codegen"].open("w") as f:
-        for _ in range(n_codegen):
-            fn = make_func(rng, held=False)
-            # the user turn as mft-eval's chat prompting writes it (MFTCoder's "# language: Python" header)
-            f.write(json.dumps({"instruction": f"# language: Python\n{fn.prompt}", "input": "", "output": fn.code}) + "\n")
+        for fn in unique_funcs(rng, n_codegen):
+            train_names.add(fn.name)
+            # the user turn as mft-eval's chat prompting writes it (MFTCoder's "# language: Python" header); the
+            # answer completes the function, HumanEval's way (its body), so the prompt's stub becomes the solution
+            f.write(json.dumps({"instruction": f"# language: Python\n{fn.prompt}", "input": "",
+                                "output": f"    {fn.family.body(fn.const)}\n"}) + "\n")
     with files["explain"].open("w") as f:
-        for _ in range(n_explain):
-            fn = make_func(rng, held=False)
+        for fn in unique_funcs(rng, n_explain):
+            train_names.add(fn.name)
             f.write(json.dumps({"conversations": [
                 {"from": "human", "value": f"What does this function do?\n{fn.code}"},
                 {"from": "gpt", "value": fn.family.doc(fn.const)}]}) + "\n")
     with files["bugfix"].open("w") as f:
-        for _ in range(n_bugfix):
-            fn = make_func(rng, held=False)
+        for fn in unique_funcs(rng, n_bugfix):
+            train_names.add(fn.name)
             f.write(json.dumps({"messages": [
                 {"role": "system", "content": "You fix bugs in Python functions."},
                 {"role": "user", "content": f"{fn.family.doc(fn.const)} Fix this function:\n{fn.buggy}"},
                 {"role": "assistant", "content": fn.code}]}) + "\n")
-    held_rng = random.Random(seed + 1_000_003)
-    seen = set()
     with files["heldout"].open("w") as f:
-        i = 0
-        while i < n_heldout:
-            fn = make_func(held_rng, held=True)
-            if (fn.name, fn.family.doc(fn.const)) in seen:
-                continue
-            seen.add((fn.name, fn.family.doc(fn.const)))
+        held_rng = random.Random(seed + 1_000_003)
+        for i, fn in enumerate(unique_funcs(held_rng, n_heldout, held=True, avoid_names=train_names)):
             body = f"    {fn.family.body(fn.const)}\n"
             f.write(json.dumps({"task_id": f"Demo/{i}", "prompt": fn.prompt, "entry_point": fn.name,
                                 "canonical_solution": body, "test": fn.test()}) + "\n")
-            i += 1
     return files
 
 

@@ -29,7 +29,7 @@ REPO = HERE.parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE))
 
-FULL = dict(preset="small", pretrain_steps=300, pretrain_mb=6, data_scale=1.0, heldout=40, epochs=3,
+FULL = dict(preset="small", pretrain_steps=300, pretrain_mb=6, data_scale=1.0, heldout=40, epochs=12,
             humaneval_limit=None, new_tokens=96, calib_samples=128)
 QUICK = dict(preset="tiny", pretrain_steps=4, pretrain_mb=0.3, data_scale=0.03, heldout=4, epochs=1,
              humaneval_limit=2, new_tokens=24, calib_samples=8)

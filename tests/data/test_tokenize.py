@@ -134,3 +134,40 @@ def test_pack_rejects_overlong_and_is_best_fit():
     assert best_fit_decreasing([6, 5, 4, 3, 2], 10) == [[0, 2], [1, 3, 4]]
     with pytest.raises(ValueError):
         best_fit_decreasing([11], 10)
+
+
+def test_tokenizer_from_an_mft_output_folder_and_a_clear_error(formatted, llama_base, tmp_path):
+    import json as _json
+    import shutil
+
+    from mft_core.errors import ContractError
+
+    out = tmp_path / "train-output"
+    shutil.copytree(llama_base, out / "model")
+    (out / "manifest.json").write_text(_json.dumps({**_json.loads((llama_base / "manifest.json").read_text()),
+                                                    "kind": "model", "summary": {"paths": {"model": "model"}}}))
+    via_output = tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(out), out=str(tmp_path / "a"),
+                                                seq_len=128))
+    direct = tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "b"),
+                                            seq_len=128))
+    assert via_output.summary == direct.summary
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ContractError, match="empty"):
+        tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(tmp_path / "empty"), out=str(tmp_path / "c")))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_training_tokens_begin_with_the_inference_prompt_tokens(make_base, family):
+    """The model is trained on exactly the token sequence it sees at inference: the prompt tokenized alone, then
+    its answer. (Byte-level BPE would otherwise merge the template's newline with an indented answer.)"""
+    tok = tokenizer(make_base(family))
+    rounds = [{"role": "user", "content": "# language: Python\ndef f(x):\n    \"\"\"Add one.\"\"\"\n"},
+              {"role": "assistant", "content": "    return x + 1\n"},
+              {"role": "user", "content": "And two?"}, {"role": "assistant", "content": "  x + 2"}]
+    enc = ChatEncoder(tok).encode([{"id": "1", "task": "t", "chat_rounds": rounds}])[0]
+    prompt = tok.apply_chat_template(rounds[:1], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert enc.input_ids.tolist()[: len(prompt_ids)] == prompt_ids
+    assert enc.labels[len(prompt_ids) - 1] == IGNORE and enc.labels[len(prompt_ids)] != IGNORE
+    answer_ids = tok("    return x + 1\n" + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert enc.input_ids.tolist()[len(prompt_ids): len(prompt_ids) + len(answer_ids)] == answer_ids

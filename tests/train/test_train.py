@@ -20,7 +20,7 @@ def test_lora_multitask_run_learns_and_writes_a_complete_output(llama_base, llam
     result = train(train_config(llama_base, llama_tok, out, max_steps=30, save_every=10))
     manifest = read_manifest(out, "adapter")
     assert manifest.summary["loss_mode"] == "task" and manifest.summary["steps"] == 30
-    assert manifest.config["resolved"]["tasks"] == ["explain", "fix", "gen"]
+    assert manifest.summary["resolved"]["tasks"] == ["explain", "fix", "gen"]
     metrics = read_metrics(out / "metrics.jsonl")
     train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
     assert sum(train_losses[-5:]) / 5 < sum(train_losses[:5]) / 5 - 0.5  # the loss falls (nats)
@@ -117,3 +117,6 @@ def test_pretrain_on_raw_code(llama_base, tmp_path):
     assert (out / "model" / "model.safetensors").is_file()
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
     assert losses[-1] < losses[0]
+    again = train(train_config(llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6,
+                               eval_every=0, lr=1e-3), kind="pretrain")
+    assert again.up_to_date

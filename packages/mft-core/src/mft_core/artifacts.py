@@ -62,3 +62,26 @@ def model_fingerprint(model_dir: str | Path) -> str:
         for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
             digest.update(f"{f.name}:{f.stat().st_size}".encode())
     return digest.hexdigest()
+
+
+def resolve_tokenizer_dir(path: str | Path) -> str:
+    """Where a tokenizer lives: a folder with tokenizer files, the model folder of an MFT output, or (when no such
+    local path exists) a hub id passed through unchanged."""
+    p = Path(path)
+    if not p.exists():
+        return str(path)
+    if (p / "tokenizer_config.json").is_file() or (p / "tokenizer.json").is_file():
+        return str(p)
+    return str(resolve_model_dir(p))
+
+
+def load_tokenizer(path: str | Path):
+    """``AutoTokenizer.from_pretrained`` on :func:`resolve_tokenizer_dir`, with an error that names the folder."""
+    from transformers import AutoTokenizer
+
+    where = resolve_tokenizer_dir(path)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})",
+                            fix="pass a model or tokenizer folder (with tokenizer.json) or a hub id") from None

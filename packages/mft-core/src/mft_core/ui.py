@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable, TypeVar
 
@@ -12,6 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .errors import MFTError
 
 console = Console(stderr=True, highlight=False)
+
+# Import-time chatter of optional dependencies (torchao's missing CUDA kernels, torch's pytree deprecation notes,
+# DeepSpeed's accelerator probe) says nothing about the user's run; keep real warnings and errors visible.
+for _name in ("torchao", "torch.utils._pytree", "DeepSpeed"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 F = TypeVar("F", bound=Callable)
 
 

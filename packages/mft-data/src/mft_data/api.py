@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, iter_task_records, task_names
+from mft_core.artifacts import load_tokenizer
 from mft_core.errors import ConfigError
 from mft_core.manifest import read_manifest
 
@@ -151,9 +152,7 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
                     lengths.setdefault(data.tasks[task_ids[start]], []).append(n)
                     start += n
     elif cfg.tokenizer:
-        from transformers import AutoTokenizer
-
-        encoder = ChatEncoder(AutoTokenizer.from_pretrained(cfg.tokenizer))
+        encoder = ChatEncoder(load_tokenizer(cfg.tokenizer))
         for task, records in read_formatted_records(folder).items():
             lengths[task] = [len(e.input_ids) for e in encoder.encode(records)]
     else:

@@ -72,6 +72,7 @@ class ChatEncoder:
         self.template = chat_template or chat_template_of(tokenizer)
         self.eos = tokenizer.eos_token
         self._compiled = _compiled(self.template)
+        self._clean_split: bool | None = None
         self._template_vars = dict(tokenizer.special_tokens_map)
 
     def render(self, conversations: Sequence[list[dict[str, str]]], add_generation_prompt: bool = False) -> list[str]:
@@ -125,24 +126,56 @@ class ChatEncoder:
     def encode(self, records: Sequence[dict[str, Any]]) -> list[Encoded]:
         """Tokenize records (unified schema) into ids and labels; the first token is never supervised.
 
-        The whole text is tokenized once by the Rust tokenizer; a span's tokens are found with
-        ``char_to_token`` at its two ends, so a token that straddles a span edge counts as supervised.
+        Where the tokenizer allows it (see :meth:`_splits_cleanly`), the text is cut where each assistant content
+        starts and the pieces are tokenized separately: at inference the prompt (ending with the generation
+        prompt) is tokenized on its own and the model generates from there, so a token that merged the prompt's
+        last characters with the answer's first ones (byte-level BPE joins "\n" and an indent into one token)
+        would teach the model a first step it can never take. Otherwise the whole text is tokenized once.
+        A span's tokens are found with ``char_to_token`` at its two ends.
         """
         texts = self.render([r["chat_rounds"] for r in records])
         spans = self.supervised_spans(records, texts)
+        if self._splits_cleanly():
+            return [self._encode_pieces(text, record_spans) for text, record_spans in zip(texts, spans)]
         encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-        out = []
-        for encoding, record_spans in zip(encodings, spans):
-            ids = np.asarray(encoding.ids, dtype=np.int32)
-            labels = np.full_like(ids, IGNORE)
-            for start, end in record_spans:
-                first, last = _token_at(encoding, start, end, forward=True), _token_at(encoding, start, end, forward=False)
-                if first is not None and last is not None:
-                    labels[first : last + 1] = ids[first : last + 1]
-            if labels.size:
-                labels[0] = IGNORE  # nothing precedes it; in a packed row it must not be predicted from another record
-            out.append(Encoded(ids, labels))
-        return out
+        return [_label(np.asarray(e.ids, dtype=np.int32), [(e, 0, spans_)]) for e, spans_ in zip(encodings, spans)]
+
+    def _encode_pieces(self, text: str, spans: list[tuple[int, int]]) -> Encoded:
+        cuts = sorted({0, len(text)} | {start for start, _ in spans})
+        bounds = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        encodings = self.tokenizer.backend_tokenizer.encode_batch([text[a:b] for a, b in bounds],
+                                                                  add_special_tokens=False)
+        ids = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encodings] or [np.zeros(0, np.int32)])
+        parts, base = [], 0
+        for encoding, (a, b) in zip(encodings, bounds):
+            local = [(max(s, a) - a, min(e, b) - a) for s, e in spans if s < b and e > a]
+            parts.append((encoding, base, local))
+            base += len(encoding.ids)
+        return _label(ids, parts)
+
+    def _splits_cleanly(self) -> bool:
+        """True when tokenizing two pieces separately adds nothing at the seam (no prefix space inserted)."""
+        if self._clean_split is None:
+            sample_a, sample_b = "<s>bot\n", "    return x\n"
+            a = self.tokenizer(sample_a, add_special_tokens=False)["input_ids"]
+            b = self.tokenizer(sample_b, add_special_tokens=False)["input_ids"]
+            decoded = self.tokenizer.decode(a + b, clean_up_tokenization_spaces=False)
+            self._clean_split = decoded == sample_a + sample_b
+        return self._clean_split
+
+
+def _label(ids: np.ndarray, parts: list[tuple[Any, int, list[tuple[int, int]]]]) -> Encoded:
+    """Labels for ``ids``: each part is (encoding, index of its first token in ``ids``, char spans local to it)."""
+    labels = np.full_like(ids, IGNORE)
+    for encoding, base, local_spans in parts:
+        for start, end in local_spans:
+            first = _token_at(encoding, start, end, forward=True)
+            last = _token_at(encoding, start, end, forward=False)
+            if first is not None and last is not None:
+                labels[base + first : base + last + 1] = ids[base + first : base + last + 1]
+    if labels.size:
+        labels[0] = IGNORE  # nothing precedes it; in a packed row it must not be predicted from another record
+    return Encoded(ids, labels)
 
 
 def _token_at(encoding, start: int, end: int, forward: bool) -> int | None:

@@ -14,13 +14,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mft_core.artifacts import load_tokenizer
 from mft_core.errors import InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest, sha256_bytes
 
 from . import __version__
 from .encode import IGNORE, Encoded
 from .splitting import split_ids
-from .tokenized import TOOL, build_rows, save_rows
+from .tokenized import TOOL, build_rows, save_rows, tokenizer_ref
 
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git", "node_modules", ".venv", "test", "tests"}
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".js", ".ts", ".java", ".c", ".h", ".cpp", ".go", ".rs", ".sh", ".rst", ".json")
@@ -85,19 +86,17 @@ def chunk_document(ids: np.ndarray, seq_len: int) -> list[Encoded]:
 
 def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], None] | None = None):
     """Write a tokenized-data folder (single task ``text``) from raw files; returns its manifest."""
-    from transformers import AutoTokenizer
-
     files = text_files(cfg.sources, cfg.max_files, cfg.max_mb)
     listing = [(str(f), f.stat().st_size) for f in files]
     config = {"sources": [str(Path(s).resolve()) for s in cfg.sources], "files": len(files), "max_mb": cfg.max_mb,
               "seq_len": cfg.seq_len,
               "valid_ratio": cfg.valid_ratio, "seed": cfg.seed, "mode": "pack", "kind": "text"}
     inputs = (InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode())),
-              InputRef.of(Path(cfg.tokenizer) / "tokenizer.json"))
+              tokenizer_ref(cfg.tokenizer))
     probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)
     if is_up_to_date(cfg.out, probe.fingerprint):
         return read_manifest(cfg.out)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer.eos_token is None:
         raise InputError(f"{cfg.tokenizer}: the tokenizer has no EOS token")
     texts, names = [], []

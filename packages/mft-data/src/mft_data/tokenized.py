@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from mft_core.config import config_to_dict
 from mft_core.datafolder import FORMAT_COMMAND, has_split, task_file, task_names
+from mft_core.artifacts import load_tokenizer
 from mft_core.errors import InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest
 
@@ -52,10 +53,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer_path: str) -> None:
-    from transformers import AutoTokenizer
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _WORKER["encoder"] = ChatEncoder(AutoTokenizer.from_pretrained(tokenizer_path))
+    _WORKER["encoder"] = ChatEncoder(load_tokenizer(tokenizer_path))
 
 
 def _encode_chunk(lines: list[str]) -> list[tuple[str, Encoded]]:
@@ -183,13 +182,11 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
     """Tokenize every task of ``cfg.folder`` with ``cfg.tokenizer`` into ``cfg.out`` (atomically, manifest last)."""
     source = read_manifest(cfg.folder, "formatted-data", made_by=FORMAT_COMMAND)
     tasks = task_names(cfg.folder)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer)
     encoder = ChatEncoder(tokenizer)  # checks EOS and fast tokenizer before any work
     config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite", "num_proc", "batch_size")}
     config["chat_template"] = encoder.template
-    inputs = (InputRef(str(Path(cfg.folder).resolve()), source.kind, source.id), InputRef.of(_tokenizer_file(cfg.tokenizer)))
+    inputs = (InputRef(str(Path(cfg.folder).resolve()), source.kind, source.id), tokenizer_ref(cfg.tokenizer))
     manifest_probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)
     if is_up_to_date(cfg.out, manifest_probe.fingerprint):
         return TokenizeResult(Path(cfg.out), read_manifest(cfg.out).summary, up_to_date=True)
@@ -234,10 +231,12 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
     return TokenizeResult(Path(cfg.out), summary)
 
 
-def _tokenizer_file(path: str) -> str:
-    """The file that identifies a tokenizer folder (its tokenizer.json), for the input hash."""
-    candidate = Path(path) / "tokenizer.json"
-    return str(candidate) if candidate.is_file() else path
+def tokenizer_ref(path: str) -> InputRef:
+    """Identify a tokenizer by the hash of its tokenizer.json (a hub id without local files: by name)."""
+    from mft_core.artifacts import resolve_tokenizer_dir
+
+    candidate = Path(resolve_tokenizer_dir(path)) / "tokenizer.json"
+    return InputRef.of(candidate) if candidate.is_file() else InputRef(str(path))
 
 
 # ---- reading it back (the API mft-train uses) ---------------------------------------------------------------

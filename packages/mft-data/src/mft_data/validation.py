@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mft_core.artifacts import load_tokenizer
 from mft_core.datafolder import iter_task_records, task_names
 from mft_core.schema import conversation_problems, validate_record
 
@@ -58,9 +59,7 @@ def validate_folder(cfg: ValidateConfig) -> ValidationReport:
     """Check every record of every task; never stops at the first problem."""
     tokenizer = None
     if cfg.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer)
     report = ValidationReport(cfg.folder, {})
     for task in task_names(cfg.folder):
         tr = report.tasks.setdefault(task, TaskReport(task))

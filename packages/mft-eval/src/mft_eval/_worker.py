@@ -970,7 +970,7 @@ def _rmtree(path: str) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool:  # as mft_core.manifest's: this server imports nothing outside the stdlib
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

