@@ -16,7 +16,7 @@ def _pass1(run: Path, name: str) -> tuple[str, str]:
     if not summary:
         return "n/a", "n/a"
     p1 = summary.get("pass_at_k", {}).get("pass@1")
-    n = summary.get("problems") or summary.get("num_problems") or "?"
+    n = summary.get("tasks", "?")
     return (f"{100 * p1:.1f} %" if p1 is not None else "n/a"), str(n)
 
 
