@@ -134,3 +134,15 @@ def test_per_record_losses_from_packed_batch(setup):
         with torch.no_grad():
             singles.append(per_target_loss(forward_logits(model, mb, False), mb.targets))
     assert torch.allclose(losses, torch.cat(singles), atol=1e-5)
+
+
+def test_varlen_attention_without_a_plan_uses_the_position_ids(setup):
+    """Called like any HF model (no plan passed), it still isolates records, from the position ids."""
+    base, rows, _ = setup
+    model = load(base, attention.NAME)
+    packed_row = max(range(len(rows)), key=lambda i: len(rows.get("seq_lens", i)))
+    batch = collate(rows, [packed_row], pad_id=0)
+    with torch.no_grad():
+        planned = forward_logits(model, batch, bf16=False)
+        unplanned = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+    assert torch.allclose(planned, unplanned, atol=1e-6)

@@ -65,7 +65,11 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plan: SegmentPlan | None = kwargs.pop(SEGMENTS_KWARG, None)
-    if plan is None or query.shape[2] != key.shape[2]:  # no packing info, or decoding with a cache
+    training_shape = query.shape[2] > 1 and query.shape[2] == key.shape[2] and attention_mask is None
+    if plan is None and training_shape and kwargs.get("position_ids") is not None:
+        # called like any HF model (no plan): the model's own position ids still mark the records
+        plan = plan_segments(kwargs["position_ids"].expand(query.shape[0], -1).cpu())
+    if plan is None:  # one sequence per row (no positions given), decoding with a cache, or an explicit mask
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     b, heads, t, dim = query.shape

@@ -69,7 +69,7 @@ def forward_logits(model, mb: MicroBatch, bf16: bool, supervised_only: bool = Fa
     """
     device = next(model.parameters()).device
     kwargs = {}
-    if getattr(model.config, "_attn_implementation", None) == attention.NAME:
+    if getattr(_hf_config(model), "_attn_implementation", None) == attention.NAME:
         kwargs[attention.SEGMENTS_KWARG] = attention.plan_segments(mb.position_ids)
     if supervised_only:
         kwargs["logits_to_keep"] = mb.targets.mask.to(device)
@@ -77,6 +77,13 @@ def forward_logits(model, mb: MicroBatch, bf16: bool, supervised_only: bool = Fa
         out = model(input_ids=mb.input_ids.to(device), position_ids=mb.position_ids.to(device), use_cache=False,
                     **kwargs)
     return out.logits
+
+
+def _hf_config(model):
+    """The transformers config under any wrapper (DDP, DeepSpeed engine: ``.module``; PEFT forwards ``.config``)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.config
 
 
 def plan_step(parts: LoopParts, step: int) -> list[MicroBatch]:
