@@ -44,10 +44,10 @@ def train(work: Path, base: Path, mode: str, steps: int) -> Path:
     from mft_train.config import TrainConfig
 
     out = work / mode
-    run(TrainConfig(model=str(base), data=str(work / "tok"), output_dir=str(out), loss_mode=mode, lr=3e-3,
-                    lora_r=16, lora_alpha=32, lora_dropout=0.0, max_steps=steps, micro_batch_size=8, grad_accum=1,
+    run(TrainConfig(model=str(base), data=str(work / "tok"), output_dir=str(out), loss_mode=mode, lr=2e-3,
+                    peft="none", max_steps=steps, micro_batch_size=8, grad_accum=1,
                     seq_len=256, eval_every=max(steps // 15, 1), log_every=5, warmup_steps=10, seed=0,
-                    coba_update_interval=5, coba_warmup_steps=6, coba_history_length=10, coba_sample_valid_num=2))
+                    coba_update_interval=5, coba_warmup_steps=10, coba_history_length=30, coba_sample_valid_num=4))
     return out
 
 
