@@ -121,3 +121,14 @@ def test_killed_run_leaves_no_manifest(llama_base, data, tmp_path):
     assert not (tmp_path / "q").exists()
     staged = [p for p in tmp_path.iterdir() if p.name.startswith(".q.tmp-")]
     assert staged and (staged[0] / "model.safetensors").exists() and not (staged[0] / "manifest.json").exists()
+
+
+def test_eval_humaneval_reports_delta(llama_base, data, tmp_path):
+    out = tmp_path / "q"
+    result = quantize_gptq(GPTQConfig(model=str(llama_base), out=str(out), group_size=64, calib=str(data),
+                                      calib_samples=4, calib_seq_len=64, eval_samples=3, max_ppl_increase=1.0,
+                                      eval_humaneval=True, eval_humaneval_limit=2))
+    h = result.summary["quality"]["humaneval"]
+    assert set(h) == {"fp", "quantized", "delta_pass@1"} and h["delta_pass@1"] == h["quantized"] - h["fp"]
+    summary = json.loads((out / "humaneval-quantized" / "summary.json").read_text())
+    assert summary["tasks"] == 2

@@ -104,7 +104,6 @@ def test_two_processes_equal_one(reference, strategy, tmp_path):
     PeftModel.from_pretrained(base, out / "adapter")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "zero2"])
 def test_kill_and_resume_equals_uninterrupted(reference, strategy, tmp_path):
     """SIGKILL the whole launch (torchrun and both workers) after step 3, resume, compare to uninterrupted."""
@@ -165,3 +164,25 @@ def test_dry_run_prints_torchrun_and_accelerate_lines(tmp_path):
     bad = subprocess.run([EXE, "launch", "cfg.yaml", "--strategy", "zero2", "--offload", "params", "--dry-run"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "zero3" in bad.stderr
+
+
+def test_coba_weights_are_the_same_on_every_rank_and_as_one_process(llama_base, tmp_path):
+    """Valid losses are all-reduced, so two ranks compute the weights one process computes."""
+    from helpers import tokenized_folder
+
+    data = tokenized_folder(tmp_path / "data", llama_base, seq_len=96, split=0.3)
+    config = write_config(tmp_path / "cfg.yaml", llama_base, data)
+    sets = ("loss_mode=coba", "coba_warmup_steps=2", "coba_history_length=3", "max_steps=5")
+    single = tmp_path / "single"
+    proc = subprocess.run([EXE, "run", str(config), "--set", f"output_dir={single}", "--set", "grad_accum=4"]
+                          + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_launch(config, tmp_path / "ddp", "ddp", *sets)
+
+    def weights(out):
+        return [json.loads(l)["task_weights"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+
+    one, two = weights(single), weights(tmp_path / "ddp")
+    assert len(one) == len(two) == 5 and one[-1] != pytest.approx(one[0])
+    for a, b in zip(one, two):
+        assert a == pytest.approx(b, abs=1e-6)

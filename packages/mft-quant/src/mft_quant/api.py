@@ -84,7 +84,7 @@ def quantize_gptq(cfg: GPTQConfig) -> QuantResult:
         quant = measure(staging.path, tokenizer, held_out, cfg.calib_seq_len, device)
         quality = compare(fp, quant, cfg.max_ppl_increase)
         if cfg.eval_humaneval:
-            quality["humaneval"] = humaneval_delta(model_dir, staging.path)
+            quality["humaneval"] = humaneval_delta(model_dir, staging.path, cfg.eval_humaneval_limit)
         (staging.path / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
         summary = {"source_model": str(model_dir.resolve()), "model_type": model_type, "device": device,
                    "settings": {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.desc_act,
@@ -103,7 +103,7 @@ def _gate(quality: dict) -> None:
                 "or --desc-act")
 
 
-def humaneval_delta(fp_dir: Path, quant_dir: Path) -> dict:
+def humaneval_delta(fp_dir: Path, quant_dir: Path, limit: int | None = None) -> dict:
     """pass@1 of both models with `mft-eval humaneval` (run as a command: tools talk through folders)."""
     exe = Path(sys.executable).parent / "mft-eval"
     if not exe.exists():
@@ -111,6 +111,9 @@ def humaneval_delta(fp_dir: Path, quant_dir: Path) -> dict:
     scores = {}
     for name, model in (("fp", fp_dir), ("quantized", quant_dir)):
         out = quant_dir / f"humaneval-{name}"
-        subprocess.run([str(exe), "humaneval", str(model), "--out", str(out)], check=True)
+        extra = ["--limit", str(limit)] if limit else []
+        proc = subprocess.run([str(exe), "humaneval", str(model), "--out", str(out), *extra])
+        if proc.returncode != 0:
+            raise MFTError(f"mft-eval humaneval failed on {model} (exit {proc.returncode})")
         scores[name] = json.loads((out / "summary.json").read_text())["pass_at_k"]["pass@1"]
     return {**scores, "delta_pass@1": scores["quantized"] - scores["fp"]}

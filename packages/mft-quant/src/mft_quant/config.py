@@ -26,6 +26,7 @@ class GPTQConfig:
     max_ppl_increase: float = 0.05
     eval_samples: int = 64
     eval_humaneval: bool = False
+    eval_humaneval_limit: int | None = None  # only the first N HumanEval problems (smoke tests)
     seed: int = 0
     overwrite: bool = False
 

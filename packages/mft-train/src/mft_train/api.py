@@ -161,7 +161,7 @@ class _Balancer:
 
         if state.step % self.cfg.coba_update_interval:
             return
-        n = self.cfg.micro_batch_size * self.cfg.coba_sample_valid_num * dist.world_size()
+        n = self.cfg.micro_batch_size * self.cfg.coba_sample_valid_num  # shared by the ranks: the same rows as one process
         sample = len(self.state.losses)
         indices = [(sample * n + j) % len(self.valid) for j in range(min(n, len(self.valid)))]  # cyclic, no RNG
         self.state.losses.append(self._losses(indices))

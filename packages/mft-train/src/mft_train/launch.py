@@ -97,8 +97,9 @@ def check_launch_environment(env: dict[str, str] | None = None, cuda: bool | Non
 
 
 def init_distributed() -> None:
-    """Join the process group torchrun describes (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.initialized():
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); also for one process, so a sharded
+    strategy (FSDP, ZeRO) can run on a single GPU."""
+    if "RANK" not in os.environ or dist.initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
