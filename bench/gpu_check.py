@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 HALF_B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
               intermediate_size=4864, max_position_embeddings=4096, vocab_size=32768)
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
-            max_position_embeddings=1024, vocab_size=4096)
+            max_position_embeddings=1024, vocab_size=8192)
 
 
 def build(work: str, shape: dict) -> str:
@@ -99,6 +99,28 @@ def run_ours(work: str, base: str, tok: str, peft: str, attn: str, steps: int, s
     return {"tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady), "wall_s": time.perf_counter() - start,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "loss_last": rows[-1]["loss"]}
+
+
+def run_launched(work: str, base: str, tok: str, strategy: str, steps: int, seq: int, micro: int) -> dict:
+    """QLoRA under a sharded strategy through `mft-train launch` (one process: FSDP2 / ZeRO-3 on one GPU)."""
+    import subprocess
+
+    import yaml
+
+    out = os.path.join(work, f"ours-qlora-{strategy}")
+    cfg = dict(model=base, data=tok, output_dir=out, peft="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0,
+               lr=2e-4, max_steps=steps, micro_batch_size=micro, grad_accum=1, seq_len=seq, bf16=True,
+               loss_mode="token", log_every=1, eval_every=0)
+    path = os.path.join(work, f"{strategy}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    exe = os.path.join(os.path.dirname(sys.executable), "mft-train")
+    proc = subprocess.run([exe, "launch", path, "--nproc", "1", "--strategy", strategy], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"train"' in l]
+    steady = rows[2:] or rows
+    return {"tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady), "loss_last": rows[-1]["loss"]}
 
 
 def run_trl(work: str, base: str, steps: int, seq: int, micro: int, attn: str) -> dict:
@@ -179,10 +201,13 @@ def main() -> None:
         results["runs"][f"mft-lora-{attn}"] = run_ours(work, base, tok, "lora", attn, steps, seq, micro)
     if device == "cuda":
         results["runs"]["mft-qlora-sdpa"] = run_ours(work, base, tok, "qlora", "sdpa", steps, seq, micro)
+        for strategy in ("fsdp", "zero3"):  # QLoRA with bf16 quant storage under the sharded strategies
+            results["runs"][f"mft-qlora-{strategy}"] = run_launched(work, base, tok, strategy, steps, seq, micro)
     results["runs"][f"trl-packing-padding_free-{attns[-1]}"] = run_trl(work, base, steps, seq, micro, attns[-1])
     peak = results["bf16_matmul_peak_tflops"] * 1e12
     for r in results["runs"].values():
-        r["mfu"] = 4 * n_params * r["tokens_per_s"] / peak
+        if "tokens_per_s" in r:
+            r["mfu"] = 4 * n_params * r["tokens_per_s"] / peak
     ours = results["runs"][f"mft-lora-{attns[-1]}"]["tokens_per_s"]
     results["ratio_vs_trl"] = ours / results["runs"][f"trl-packing-padding_free-{attns[-1]}"]["tokens_per_s"]
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:

@@ -186,3 +186,18 @@ def test_coba_weights_are_the_same_on_every_rank_and_as_one_process(llama_base, 
     assert len(one) == len(two) == 5 and one[-1] != pytest.approx(one[0])
     for a, b in zip(one, two):
         assert a == pytest.approx(b, abs=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_qlora_under_sharded_strategies(reference, strategy, tmp_path):
+    """QLoRA (nf4 stored in bf16) with FSDP2 and ZeRO-3 on two CPU processes: trains, saves a plain adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config, _ = reference
+    out = tmp_path / strategy
+    run_launch(config, out, strategy, "peft=qlora", "max_steps=2")
+    assert all(l == l for l in losses(out)) and len(losses(out)) == 2
+    assert not list((out / "adapter").glob("model*.safetensors"))
+    base = AutoModelForCausalLM.from_pretrained(yaml.safe_load(config.read_text())["model"])
+    PeftModel.from_pretrained(base, out / "adapter")
