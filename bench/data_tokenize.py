@@ -28,9 +28,14 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
         rounds = []
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60)))
-            lines = [f"    {rng.choice(WORDS)} = {rng.choice(WORDS)}({rng.randint(0, 99)})" for _ in range(rng.randint(2, 40))]
-            rounds += [{"role": "user", "content": f"Write a function: {q}"},
-                       {"role": "assistant", "content": f"def f{i}(x):\n" + "\n".join(lines) + "\n    return x"}]
+            lines = [
+                f"    {rng.choice(WORDS)} = {rng.choice(WORDS)}({rng.randint(0, 99)})"
+                for _ in range(rng.randint(2, 40))
+            ]
+            rounds += [
+                {"role": "user", "content": f"Write a function: {q}"},
+                {"role": "assistant", "content": f"def f{i}(x):\n" + "\n".join(lines) + "\n    return x"},
+            ]
         out.append({"messages": rounds})
     return out
 
@@ -67,8 +72,15 @@ def main() -> None:
     format_task(FormatConfig(inputs=(str(src),), task="t", out=str(work / "data")))
 
     with timer() as ours:
-        result = tokenize_folder(TokenizeConfig(folder=str(work / "data"), tokenizer=str(base), out=str(work / "tok"),
-                                                seq_len=args.seq_len, num_proc=args.num_proc))
+        result = tokenize_folder(
+            TokenizeConfig(
+                folder=str(work / "data"),
+                tokenizer=str(base),
+                out=str(work / "tok"),
+                seq_len=args.seq_len,
+                num_proc=args.num_proc,
+            )
+        )
     ours_rps = args.records / ours["seconds"]
 
     from datasets import Dataset
@@ -78,22 +90,44 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(base)
     tok.chat_template = generation_template()
     model = AutoModelForCausalLM.from_pretrained(base)
-    cfg = SFTConfig(output_dir=str(work / "trl"), packing=True, max_length=args.seq_len, assistant_only_loss=True,
-                    dataset_num_proc=args.num_proc, report_to=[], use_cpu=True)
+    cfg = SFTConfig(
+        output_dir=str(work / "trl"),
+        packing=True,
+        max_length=args.seq_len,
+        assistant_only_loss=True,
+        dataset_num_proc=args.num_proc,
+        report_to=[],
+        use_cpu=True,
+    )
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(records[:8]), processing_class=tok)
     dataset = Dataset.from_list(records)
     with timer() as peer:
         packed = trainer._prepare_dataset(dataset, tok, cfg, True, None, "train")
     peer_rps = args.records / peer["seconds"]
-    write_result("data_tokenize", {
-        "measure": "records/s, render + assistant mask + tokenize + BFD pack",
-        "records": args.records, "seq_len": args.seq_len, "num_proc": args.num_proc,
-        "ours": {"tool": "mft-data tokenize --pack", "records_per_s": round(ours_rps, 1), "seconds": round(ours["seconds"], 2),
-                 "rows": result.summary["splits"]["train"]["rows"], "fill_rate": result.summary["splits"]["train"]["fill_rate"]},
-        "peer": {"tool": "TRL 1.16 SFTTrainer dataset prep (packing=True, bfd, assistant_only_loss=True)",
-                 "records_per_s": round(peer_rps, 1), "seconds": round(peer["seconds"], 2), "rows": len(packed)},
-        "ratio": round(ours_rps / peer_rps, 2), "goal": ">= 2x",
-    })
+    write_result(
+        "data_tokenize",
+        {
+            "measure": "records/s, render + assistant mask + tokenize + BFD pack",
+            "records": args.records,
+            "seq_len": args.seq_len,
+            "num_proc": args.num_proc,
+            "ours": {
+                "tool": "mft-data tokenize --pack",
+                "records_per_s": round(ours_rps, 1),
+                "seconds": round(ours["seconds"], 2),
+                "rows": result.summary["splits"]["train"]["rows"],
+                "fill_rate": result.summary["splits"]["train"]["fill_rate"],
+            },
+            "peer": {
+                "tool": "TRL 1.16 SFTTrainer dataset prep (packing=True, bfd, assistant_only_loss=True)",
+                "records_per_s": round(peer_rps, 1),
+                "seconds": round(peer["seconds"], 2),
+                "rows": len(packed),
+            },
+            "ratio": round(ours_rps / peer_rps, 2),
+            "goal": ">= 2x",
+        },
+    )
 
 
 if __name__ == "__main__":

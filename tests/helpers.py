@@ -32,15 +32,33 @@ def format_folder(out: Path, tasks: dict[str, list[dict]], split: float | None =
 
 def demo_tasks(n_gen: int = 24, n_explain: int = 16, n_fix: int = 10) -> dict[str, list[dict]]:
     """Three small tasks of different sizes and lengths (source formats: alpaca, sharegpt, openai)."""
-    gen = [{"instruction": f"Write a function f{i} that multiplies x by {i}.",
-            "output": f"def f{i}(x):\n    return x * {i}" + "  # times" * (i % 4)} for i in range(n_gen)]
-    explain = [{"conversations": [{"from": "human", "value": f"What does `x + {i}` do?"},
-                                  {"from": "gpt", "value": f"It adds {i} to x." + " Indeed." * (i % 3)}]}
-               for i in range(n_explain)]
-    fix = [{"messages": [{"role": "user", "content": f"Fix: def g(x): return x - {i}"},
-                         {"role": "assistant", "content": f"def g(x):\n    return x + {i}"},
-                         {"role": "user", "content": "Shorter?"},
-                         {"role": "assistant", "content": f"g = lambda x: x + {i}"}]} for i in range(n_fix)]
+    gen = [
+        {
+            "instruction": f"Write a function f{i} that multiplies x by {i}.",
+            "output": f"def f{i}(x):\n    return x * {i}" + "  # times" * (i % 4),
+        }
+        for i in range(n_gen)
+    ]
+    explain = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"What does `x + {i}` do?"},
+                {"from": "gpt", "value": f"It adds {i} to x." + " Indeed." * (i % 3)},
+            ]
+        }
+        for i in range(n_explain)
+    ]
+    fix = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Fix: def g(x): return x - {i}"},
+                {"role": "assistant", "content": f"def g(x):\n    return x + {i}"},
+                {"role": "user", "content": "Shorter?"},
+                {"role": "assistant", "content": f"g = lambda x: x + {i}"},
+            ]
+        }
+        for i in range(n_fix)
+    ]
     return {"gen": gen, "explain": explain, "fix": fix}
 
 
@@ -56,8 +74,21 @@ def tokenized_folder(tmp: Path, base: Path, seq_len: int = 96, split: float | No
 def train_config(base, data, out, **kw):
     from mft_train.config import TrainConfig
 
-    defaults = dict(model=str(base), data=str(data), output_dir=str(out), lr=3e-3, max_steps=12, micro_batch_size=2,
-                    grad_accum=2, seq_len=96, log_every=1, eval_every=4, lora_r=8, lora_alpha=16, lora_dropout=0.1,
-                    warmup_steps=2)
+    defaults = dict(
+        model=str(base),
+        data=str(data),
+        output_dir=str(out),
+        lr=3e-3,
+        max_steps=12,
+        micro_batch_size=2,
+        grad_accum=2,
+        seq_len=96,
+        log_every=1,
+        eval_every=4,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        warmup_steps=2,
+    )
     defaults.update(kw)
     return TrainConfig(**defaults)

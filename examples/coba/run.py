@@ -23,7 +23,6 @@ sys.path.insert(0, str(HERE.parent / "pipeline"))
 
 def prepare(work: Path) -> Path:
     from demo_data import generate
-
     from mft_data.api import FormatConfig, SplitConfig, TokenizeConfig, format_task, split_folder, tokenize_folder
     from mft_train.base_init import InitBaseConfig, init_base
 
@@ -31,8 +30,11 @@ def prepare(work: Path) -> Path:
     raw = work / "raw"
     if not (raw / "heldout.jsonl").exists():
         generate(raw, seed=3, n_codegen=600, n_explain=2400, n_bugfix=150, n_heldout=1)
-    for task, name in (("explain", "explain.sharegpt.jsonl"), ("codegen", "codegen.alpaca.jsonl"),
-                       ("bugfix", "bugfix.openai.jsonl")):
+    for task, name in (
+        ("explain", "explain.sharegpt.jsonl"),
+        ("codegen", "codegen.alpaca.jsonl"),
+        ("bugfix", "bugfix.openai.jsonl"),
+    ):
         format_task(FormatConfig(inputs=(str(raw / name),), task=task, out=str(work / "data")))
     split_folder(SplitConfig(folder=str(work / "data"), valid_ratio=0.1, seed=0))
     tokenize_folder(TokenizeConfig(folder=str(work / "data"), tokenizer=str(base), out=str(work / "tok"), seq_len=256))
@@ -44,10 +46,28 @@ def train(work: Path, base: Path, mode: str, steps: int) -> Path:
     from mft_train.config import TrainConfig
 
     out = work / mode
-    run(TrainConfig(model=str(base), data=str(work / "tok"), output_dir=str(out), loss_mode=mode, lr=2e-3,
-                    peft="none", max_steps=steps, micro_batch_size=8, grad_accum=1,
-                    seq_len=256, eval_every=max(steps // 15, 1), log_every=5, warmup_steps=10, seed=0,
-                    coba_update_interval=5, coba_warmup_steps=10, coba_history_length=30, coba_sample_valid_num=4))
+    run(
+        TrainConfig(
+            model=str(base),
+            data=str(work / "tok"),
+            output_dir=str(out),
+            loss_mode=mode,
+            lr=2e-3,
+            peft="none",
+            max_steps=steps,
+            micro_batch_size=8,
+            grad_accum=1,
+            seq_len=256,
+            eval_every=max(steps // 15, 1),
+            log_every=5,
+            warmup_steps=10,
+            seed=0,
+            coba_update_interval=5,
+            coba_warmup_steps=10,
+            coba_history_length=30,
+            coba_sample_valid_num=4,
+        )
+    )
     return out
 
 
@@ -67,8 +87,9 @@ def plot(runs: dict[str, tuple[list, list]], path: Path) -> None:
     for ax, mode in zip(axes[:2], ("task", "coba")):
         for i, task in enumerate(tasks):
             evals = runs[mode][0]
-            ax.plot([r["step"] for r in evals], [r["task_loss"][task] for r in evals], marker="o", color=f"C{i}",
-                    label=task)
+            ax.plot(
+                [r["step"] for r in evals], [r["task_loss"][task] for r in evals], marker="o", color=f"C{i}", label=task
+            )
         ax.set_title(f"valid loss per task: loss_mode={mode}")
         ax.set_xlabel("step")
         ax.legend()
@@ -77,7 +98,9 @@ def plot(runs: dict[str, tuple[list, list]], path: Path) -> None:
         ax.set_ylim(*share)
     weights = runs["coba"][1]
     for i, task in enumerate(tasks):
-        axes[2].plot([r["step"] for r in weights], [r["task_weights"][task] for r in weights], color=f"C{i}", label=task)
+        axes[2].plot(
+            [r["step"] for r in weights], [r["task_weights"][task] for r in weights], color=f"C{i}", label=task
+        )
     axes[2].set_title("CoBa task weights")
     axes[2].set_xlabel("step")
     axes[2].legend()
@@ -99,15 +122,22 @@ def main() -> None:
     for mode, (evals, _) in runs.items():
         final = evals[-1]["task_loss"]
         values = list(final.values())
-        results[mode] = {"final_valid": final, "mean": sum(values) / len(values), "worst": max(values),
-                         "gap": max(values) - min(values)}
+        results[mode] = {
+            "final_valid": final,
+            "mean": sum(values) / len(values),
+            "worst": max(values),
+            "gap": max(values) - min(values),
+        }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     tasks = sorted(results["task"]["final_valid"])
     print("| loss_mode | " + " | ".join(tasks) + " | mean | worst | gap (worst - best) |")
     print("|---|" + "---|" * (len(tasks) + 3))
     for mode, r in results.items():
-        print(f"| {mode} | " + " | ".join(f"{r['final_valid'][t]:.4f}" for t in tasks)
-              + f" | {r['mean']:.4f} | {r['worst']:.4f} | {r['gap']:.4f} |")
+        print(
+            f"| {mode} | "
+            + " | ".join(f"{r['final_valid'][t]:.4f}" for t in tasks)
+            + f" | {r['mean']:.4f} | {r['worst']:.4f} | {r['gap']:.4f} |"
+        )
 
 
 if __name__ == "__main__":

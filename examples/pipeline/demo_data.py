@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 VERBS = ["get", "make", "compute", "find", "build", "calc", "give", "produce", "fetch", "yield"]
 # Function names end in a made-up word, so a model can only get them right by copying from the prompt; held-out
@@ -52,35 +52,123 @@ def _word(rng, held):
 
 
 FAMILIES = [
-    Family("x", lambda c: f"Return x plus {c}.", lambda c: f"return x + {c}", lambda c, x: x + c, (0, 3, -5, 40),
-           _num(), lambda c: f"return x - {c}"),
-    Family("x", lambda c: f"Return x minus {c}.", lambda c: f"return x - {c}", lambda c, x: x - c, (0, 3, -5, 40),
-           _num(), lambda c: f"return x + {c}"),
-    Family("x", lambda c: f"Return x multiplied by {c}.", lambda c: f"return x * {c}", lambda c, x: x * c,
-           (0, 3, -5, 7), _num(), lambda c: f"return x * {c + 1}"),
-    Family("x", lambda c: f"Return x divided by {c}, rounded down.", lambda c: f"return x // {c}",
-           lambda c, x: x // c, (0, 100, 251, 999), _num(), lambda c: f"return x / {c}"),
-    Family("x", lambda c: f"Return the remainder of x divided by {c}.", lambda c: f"return x % {c}",
-           lambda c, x: x % c, (0, 100, 251, 999), _num(), lambda c: f"return x // {c}"),
-    Family("s", lambda c: f"Return s repeated {c} times.", lambda c: f"return s * {c}", lambda c, s: s * c,
-           ("a", "ab", ""), _num(2, 9, HELDOUT_SMALL), lambda c: f"return s * {c - 1}"),
-    Family("s", lambda c: f"Return s followed by '{c}'.", lambda c: f"return s + '{c}'", lambda c, s: s + c,
-           ("a", "hello", ""), _word, lambda c: f"return '{c}' + s"),
-    Family("s", lambda c: "Return s in upper case.", lambda c: "return s.upper()", lambda c, s: s.upper(),
-           ("a", "Hello", ""), None, lambda c: "return s.lower()"),
-    Family("s", lambda c: "Return s reversed.", lambda c: "return s[::-1]", lambda c, s: s[::-1],
-           ("abc", "x", ""), None, lambda c: "return s"),
-    Family("xs", lambda c: "Return the sum of xs.", lambda c: "return sum(xs)", lambda c, xs: sum(xs),
-           ([1, 2, 3], [], [5]), None, lambda c: "return max(xs)"),
-    Family("xs", lambda c: f"Return a list with every item of xs multiplied by {c}.",
-           lambda c: f"return [v * {c} for v in xs]", lambda c, xs: [v * c for v in xs], ([1, 2, 3], [], [-4]),
-           _num(), lambda c: f"return [v + {c} for v in xs]"),
-    Family("xs", lambda c: f"Return the items of xs greater than {c}.", lambda c: f"return [v for v in xs if v > {c}]",
-           lambda c, xs: [v for v in xs if v > c], ([1, 50, 99, 3, 60], [], [100]), _num(),
-           lambda c: f"return [v for v in xs if v < {c}]"),
-    Family("xs", lambda c: f"Return how many times {c} appears in xs.", lambda c: f"return xs.count({c})",
-           lambda c, xs: xs.count(c), ([1, 2, 2], [], [7, 7, 7]), _num(1, 9, HELDOUT_SMALL),
-           lambda c: "return len(xs)"),
+    Family(
+        "x",
+        lambda c: f"Return x plus {c}.",
+        lambda c: f"return x + {c}",
+        lambda c, x: x + c,
+        (0, 3, -5, 40),
+        _num(),
+        lambda c: f"return x - {c}",
+    ),
+    Family(
+        "x",
+        lambda c: f"Return x minus {c}.",
+        lambda c: f"return x - {c}",
+        lambda c, x: x - c,
+        (0, 3, -5, 40),
+        _num(),
+        lambda c: f"return x + {c}",
+    ),
+    Family(
+        "x",
+        lambda c: f"Return x multiplied by {c}.",
+        lambda c: f"return x * {c}",
+        lambda c, x: x * c,
+        (0, 3, -5, 7),
+        _num(),
+        lambda c: f"return x * {c + 1}",
+    ),
+    Family(
+        "x",
+        lambda c: f"Return x divided by {c}, rounded down.",
+        lambda c: f"return x // {c}",
+        lambda c, x: x // c,
+        (0, 100, 251, 999),
+        _num(),
+        lambda c: f"return x / {c}",
+    ),
+    Family(
+        "x",
+        lambda c: f"Return the remainder of x divided by {c}.",
+        lambda c: f"return x % {c}",
+        lambda c, x: x % c,
+        (0, 100, 251, 999),
+        _num(),
+        lambda c: f"return x // {c}",
+    ),
+    Family(
+        "s",
+        lambda c: f"Return s repeated {c} times.",
+        lambda c: f"return s * {c}",
+        lambda c, s: s * c,
+        ("a", "ab", ""),
+        _num(2, 9, HELDOUT_SMALL),
+        lambda c: f"return s * {c - 1}",
+    ),
+    Family(
+        "s",
+        lambda c: f"Return s followed by '{c}'.",
+        lambda c: f"return s + '{c}'",
+        lambda c, s: s + c,
+        ("a", "hello", ""),
+        _word,
+        lambda c: f"return '{c}' + s",
+    ),
+    Family(
+        "s",
+        lambda c: "Return s in upper case.",
+        lambda c: "return s.upper()",
+        lambda c, s: s.upper(),
+        ("a", "Hello", ""),
+        None,
+        lambda c: "return s.lower()",
+    ),
+    Family(
+        "s",
+        lambda c: "Return s reversed.",
+        lambda c: "return s[::-1]",
+        lambda c, s: s[::-1],
+        ("abc", "x", ""),
+        None,
+        lambda c: "return s",
+    ),
+    Family(
+        "xs",
+        lambda c: "Return the sum of xs.",
+        lambda c: "return sum(xs)",
+        lambda c, xs: sum(xs),
+        ([1, 2, 3], [], [5]),
+        None,
+        lambda c: "return max(xs)",
+    ),
+    Family(
+        "xs",
+        lambda c: f"Return a list with every item of xs multiplied by {c}.",
+        lambda c: f"return [v * {c} for v in xs]",
+        lambda c, xs: [v * c for v in xs],
+        ([1, 2, 3], [], [-4]),
+        _num(),
+        lambda c: f"return [v + {c} for v in xs]",
+    ),
+    Family(
+        "xs",
+        lambda c: f"Return the items of xs greater than {c}.",
+        lambda c: f"return [v for v in xs if v > {c}]",
+        lambda c, xs: [v for v in xs if v > c],
+        ([1, 50, 99, 3, 60], [], [100]),
+        _num(),
+        lambda c: f"return [v for v in xs if v < {c}]",
+    ),
+    Family(
+        "xs",
+        lambda c: f"Return how many times {c} appears in xs.",
+        lambda c: f"return xs.count({c})",
+        lambda c, xs: xs.count(c),
+        ([1, 2, 2], [], [7, 7, 7]),
+        _num(1, 9, HELDOUT_SMALL),
+        lambda c: "return len(xs)",
+    ),
 ]
 
 
@@ -135,40 +223,79 @@ def unique_funcs(rng: random.Random, count: int, held: bool = False, avoid_names
             yield fn
 
 
-def generate(out: Path, seed: int = 0, n_codegen: int = 3000, n_explain: int = 1500, n_bugfix: int = 1500,
-             n_heldout: int = 40) -> dict[str, Path]:
+def generate(
+    out: Path, seed: int = 0, n_codegen: int = 3000, n_explain: int = 1500, n_bugfix: int = 1500, n_heldout: int = 40
+) -> dict[str, Path]:
     """Write the three task files (three formats) and the held-out HumanEval-format problem file."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"codegen": out / "codegen.alpaca.jsonl", "explain": out / "explain.sharegpt.jsonl",
-             "bugfix": out / "bugfix.openai.jsonl", "heldout": out / "heldout.jsonl"}
+    files = {
+        "codegen": out / "codegen.alpaca.jsonl",
+        "explain": out / "explain.sharegpt.jsonl",
+        "bugfix": out / "bugfix.openai.jsonl",
+        "heldout": out / "heldout.jsonl",
+    }
     train_names: set[str] = set()
     with files["codegen"].open("w") as f:
         for fn in unique_funcs(rng, n_codegen):
             train_names.add(fn.name)
             # the user turn as mft-eval's chat prompting writes it (MFTCoder's "# language: Python" header); the
             # answer completes the function, HumanEval's way (its body), so the prompt's stub becomes the solution
-            f.write(json.dumps({"instruction": f"# language: Python\n{fn.prompt}", "input": "",
-                                "output": f"    {fn.family.body(fn.const)}\n"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"# language: Python\n{fn.prompt}",
+                        "input": "",
+                        "output": f"    {fn.family.body(fn.const)}\n",
+                    }
+                )
+                + "\n"
+            )
     with files["explain"].open("w") as f:
         for fn in unique_funcs(rng, n_explain):
             train_names.add(fn.name)
-            f.write(json.dumps({"conversations": [
-                {"from": "human", "value": f"What does this function do?\n{fn.code}"},
-                {"from": "gpt", "value": fn.family.doc(fn.const)}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "conversations": [
+                            {"from": "human", "value": f"What does this function do?\n{fn.code}"},
+                            {"from": "gpt", "value": fn.family.doc(fn.const)},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     with files["bugfix"].open("w") as f:
         for fn in unique_funcs(rng, n_bugfix):
             train_names.add(fn.name)
-            f.write(json.dumps({"messages": [
-                {"role": "system", "content": "You fix bugs in Python functions."},
-                {"role": "user", "content": f"{fn.family.doc(fn.const)} Fix this function:\n{fn.buggy}"},
-                {"role": "assistant", "content": fn.code}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "You fix bugs in Python functions."},
+                            {"role": "user", "content": f"{fn.family.doc(fn.const)} Fix this function:\n{fn.buggy}"},
+                            {"role": "assistant", "content": fn.code},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     with files["heldout"].open("w") as f:
         held_rng = random.Random(seed + 1_000_003)
         for i, fn in enumerate(unique_funcs(held_rng, n_heldout, held=True, avoid_names=train_names)):
             body = f"    {fn.family.body(fn.const)}\n"
-            f.write(json.dumps({"task_id": f"Demo/{i}", "prompt": fn.prompt, "entry_point": fn.name,
-                                "canonical_solution": body, "test": fn.test()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "task_id": f"Demo/{i}",
+                        "prompt": fn.prompt,
+                        "entry_point": fn.name,
+                        "canonical_solution": body,
+                        "test": fn.test(),
+                    }
+                )
+                + "\n"
+            )
     return files
 
 

@@ -26,9 +26,12 @@ def write_report(run: Path, timings: dict[str, float]) -> Path:
     quant = _json(run / "quant" / "manifest.json").get("summary", {})
     pretrain = _json(run / "pretrain" / "manifest.json").get("summary", {})
     lines = ["# MFT pipeline report (built-in demo)", ""]
-    lines += ["A tiny llama (random init, tokenizer trained here) continued-pretrained on the Python standard library,",
-              "then LoRA-fine-tuned on three demo coding tasks at once (code generation, explanation, bug fixing) with",
-              "the task-balanced loss, merged, quantized to 4-bit GPTQ and evaluated.", ""]
+    lines += [
+        "A tiny llama (random init, tokenizer trained here) continued-pretrained on the Python standard library,",
+        "then LoRA-fine-tuned on three demo coding tasks at once (code generation, explanation, bug fixing) with",
+        "the task-balanced loss, merged, quantized to 4-bit GPTQ and evaluated.",
+        "",
+    ]
     lines += ["## pass@1 (greedy)", "", "| model | held-out demo problems | HumanEval |", "|---|---|---|"]
     base, n_demo = _pass1(run, "eval-demo-base")
     lines.append(f"| base (pretrained, not fine-tuned) | {base} | |")
@@ -37,33 +40,61 @@ def write_report(run: Path, timings: dict[str, float]) -> Path:
     lines.append(f"| fine-tuned, merged | {merged_demo} | {he} ({n_he} problems) |")
     quant_demo, _ = _pass1(run, "eval-demo-quant")
     lines.append(f"| fine-tuned, merged, GPTQ 4-bit | {quant_demo} | |")
-    lines += ["", f"Held-out demo problems: {n_demo}, from the code-generation family with function names and constants",
-              "never seen in training. HumanEval needs far more than a model of a few million parameters trained for",
-              "minutes on a CPU, so it stays near 0 here; the same commands scale to real models (see examples/).", ""]
+    lines += [
+        "",
+        f"Held-out demo problems: {n_demo}, from the code-generation family with function names and constants",
+        "never seen in training. HumanEval needs far more than a model of a few million parameters trained for",
+        "minutes on a CPU, so it stays near 0 here; the same commands scale to real models (see examples/).",
+        "",
+    ]
     final_eval = (train.get("final_eval") or {}).get("task_loss", {})
     final_train = (train.get("final_train") or {}).get("task_loss", {})
-    lines += ["## Fine-tuning", "", f"Loss mode `{train.get('loss_mode')}`, {train.get('steps')} steps, "
-              f"{train.get('tokens_seen', 0):,} tokens. Per-task token-mean loss at the end:", "",
-              "| task | train | valid |", "|---|---|---|"]
+    lines += [
+        "## Fine-tuning",
+        "",
+        f"Loss mode `{train.get('loss_mode')}`, {train.get('steps')} steps, "
+        f"{train.get('tokens_seen', 0):,} tokens. Per-task token-mean loss at the end:",
+        "",
+        "| task | train | valid |",
+        "|---|---|---|",
+    ]
     for task in train.get("tasks", []):
         t, v = final_train.get(task), final_eval.get(task)
-        lines.append(f"| {task} | {t:.4f} | {v:.4f} |" if t is not None and v is not None else f"| {task} | {t} | {v} |")
+        lines.append(
+            f"| {task} | {t:.4f} | {v:.4f} |" if t is not None and v is not None else f"| {task} | {t} | {v} |"
+        )
     if (run / "train" / "loss_per_task.png").is_file():
         shutil.copy2(run / "train" / "loss_per_task.png", run / "loss_per_task.png")
         lines += ["", "![per-task loss](loss_per_task.png)"]
     v = merged.get("verification", {})
-    lines += ["", "## Merge check", "",
-              f"{v.get('check')} check: max |Δ| {v.get('max_abs_diff', float('nan')):.2e} "
-              f"(tolerance {v.get('tolerance')}), greedy agreement {v.get('token_agreement')}, "
-              f"passed: **{v.get('passed')}** ({v.get('prompts')} prompts from {v.get('prompt_source')})."]
+    lines += [
+        "",
+        "## Merge check",
+        "",
+        f"{v.get('check')} check: max |Δ| {v.get('max_abs_diff', float('nan')):.2e} "
+        f"(tolerance {v.get('tolerance')}), greedy agreement {v.get('token_agreement')}, "
+        f"passed: **{v.get('passed')}** ({v.get('prompts')} prompts from {v.get('prompt_source')}).",
+    ]
     q = quant.get("quality", {})
-    lines += ["", "## Quantization (GPTQ 4-bit, calibrated on the demo chat data)", "",
-              "| task | ppl fp | ppl 4-bit | change |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Quantization (GPTQ 4-bit, calibrated on the demo chat data)",
+        "",
+        "| task | ppl fp | ppl 4-bit | change |",
+        "|---|---|---|---|",
+    ]
     for task, row in q.get("perplexity", {}).items():
         lines.append(f"| {task} | {row['fp']:.3f} | {row['quantized']:.3f} | {row['increase']:+.2%} |")
     lines += ["", f"Gate: increase ≤ {q.get('max_increase')} → passed: **{q.get('passed')}**."]
-    lines += ["", "## Stages", "", f"Pretraining: {pretrain.get('steps')} steps, {pretrain.get('tokens_seen', 0):,} tokens.",
-              "", "| stage | seconds |", "|---|---|"]
+    lines += [
+        "",
+        "## Stages",
+        "",
+        f"Pretraining: {pretrain.get('steps')} steps, {pretrain.get('tokens_seen', 0):,} tokens.",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     for stage, seconds in timings.items():
         lines.append(f"| {stage} | {seconds:.0f} |")
     path = run / "report.md"

@@ -29,10 +29,28 @@ REPO = HERE.parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE))
 
-FULL = dict(preset="small", pretrain_steps=300, pretrain_mb=6, data_scale=1.0, heldout=40, epochs=12,
-            humaneval_limit=None, new_tokens=96, calib_samples=128)
-QUICK = dict(preset="tiny", pretrain_steps=4, pretrain_mb=0.3, data_scale=0.03, heldout=4, epochs=1,
-             humaneval_limit=2, new_tokens=24, calib_samples=8)
+FULL = dict(
+    preset="small",
+    pretrain_steps=300,
+    pretrain_mb=6,
+    data_scale=1.0,
+    heldout=40,
+    epochs=12,
+    humaneval_limit=None,
+    new_tokens=96,
+    calib_samples=128,
+)
+QUICK = dict(
+    preset="tiny",
+    pretrain_steps=4,
+    pretrain_mb=0.3,
+    data_scale=0.03,
+    heldout=4,
+    epochs=1,
+    humaneval_limit=2,
+    new_tokens=24,
+    calib_samples=8,
+)
 
 
 class Pipeline:
@@ -56,13 +74,43 @@ class Pipeline:
     # ---- stages ------------------------------------------------------------------------------------------------
     def base(self) -> None:
         r, s = self.run, self.s
-        self.sh("init-base", self.tool("mft-train"), "init-base", "--family", "llama", "--preset", s["preset"],
-                "--out", r / "base")
+        self.sh(
+            "init-base",
+            self.tool("mft-train"),
+            "init-base",
+            "--family",
+            "llama",
+            "--preset",
+            s["preset"],
+            "--out",
+            r / "base",
+        )
         stdlib = sysconfig.get_paths()["stdlib"]
-        self.sh("pretrain", self.tool("mft-train"), "pretrain", "--data", stdlib, "--model", r / "base", "--out",
-                r / "pretrain", "--max-mb", str(s["pretrain_mb"]), "--set", f"max_steps={s['pretrain_steps']}",
-                "--set", "micro_batch_size=8", "--set", "bf16=true", "--set", "lr=2e-3", "--set", "warmup_steps=20",
-                "--set", "log_every=20")
+        self.sh(
+            "pretrain",
+            self.tool("mft-train"),
+            "pretrain",
+            "--data",
+            stdlib,
+            "--model",
+            r / "base",
+            "--out",
+            r / "pretrain",
+            "--max-mb",
+            str(s["pretrain_mb"]),
+            "--set",
+            f"max_steps={s['pretrain_steps']}",
+            "--set",
+            "micro_batch_size=8",
+            "--set",
+            "bf16=true",
+            "--set",
+            "lr=2e-3",
+            "--set",
+            "warmup_steps=20",
+            "--set",
+            "log_every=20",
+        )
 
     def data(self) -> None:
         from demo_data import generate
@@ -71,42 +119,106 @@ class Pipeline:
         raw = r / "raw"
         if not (raw / "heldout.jsonl").is_file():
             n = s["data_scale"]
-            generate(raw, seed=0, n_codegen=max(8, int(3000 * n)), n_explain=max(6, int(1500 * n)),
-                     n_bugfix=max(6, int(1500 * n)), n_heldout=s["heldout"])
+            generate(
+                raw,
+                seed=0,
+                n_codegen=max(8, int(3000 * n)),
+                n_explain=max(6, int(1500 * n)),
+                n_bugfix=max(6, int(1500 * n)),
+                n_heldout=s["heldout"],
+            )
         mft_data = self.tool("mft-data")
-        for task, file in (("codegen", "codegen.alpaca.jsonl"), ("explain", "explain.sharegpt.jsonl"),
-                           ("bugfix", "bugfix.openai.jsonl")):
+        for task, file in (
+            ("codegen", "codegen.alpaca.jsonl"),
+            ("explain", "explain.sharegpt.jsonl"),
+            ("bugfix", "bugfix.openai.jsonl"),
+        ):
             self.sh("format", mft_data, "format", raw / file, "--task", task, "--out", r / "data")
         self.sh("validate", mft_data, "validate", r / "data", "--strict")
         self.sh("decontaminate", mft_data, "decontaminate", r / "data", "--against", "humaneval")
         self.sh("split", mft_data, "split", r / "data", "--valid-ratio", "0.02", "--seed", "0")
-        self.sh("tokenize", mft_data, "tokenize", r / "data", "--tokenizer", r / "pretrain", "--out", r / "tok",
-                "--seq-len", "512", "--num-proc", str(min(4, os.cpu_count() or 1)))
+        self.sh(
+            "tokenize",
+            mft_data,
+            "tokenize",
+            r / "data",
+            "--tokenizer",
+            r / "pretrain",
+            "--out",
+            r / "tok",
+            "--seq-len",
+            "512",
+            "--num-proc",
+            str(min(4, os.cpu_count() or 1)),
+        )
 
     def train(self) -> None:
         r = self.run
-        self.sh("train", self.tool("mft-train"), "run", REPO / "examples" / "configs" / "pipeline-lora.yaml",
-                "--set", f"model={r / 'pretrain'}", "--set", f"data={r / 'tok'}", "--set", f"output_dir={r / 'train'}",
-                "--set", f"epochs={self.s['epochs']}")
+        self.sh(
+            "train",
+            self.tool("mft-train"),
+            "run",
+            REPO / "examples" / "configs" / "pipeline-lora.yaml",
+            "--set",
+            f"model={r / 'pretrain'}",
+            "--set",
+            f"data={r / 'tok'}",
+            "--set",
+            f"output_dir={r / 'train'}",
+            "--set",
+            f"epochs={self.s['epochs']}",
+        )
 
     def merge(self) -> None:
         self.sh("merge", self.tool("mft-merge"), self.run / "train", "--out", self.run / "merged")
 
     def quantize(self) -> None:
         r = self.run
-        self.sh("quantize", self.tool("mft-quant"), "gptq", r / "merged", "--out", r / "quant", "--calib", r / "data",
-                "--group-size", "128", "--calib-samples", str(self.s["calib_samples"]), "--calib-seq-len", "512",
-                "--max-ppl-increase", "0.05")
+        self.sh(
+            "quantize",
+            self.tool("mft-quant"),
+            "gptq",
+            r / "merged",
+            "--out",
+            r / "quant",
+            "--calib",
+            r / "data",
+            "--group-size",
+            "128",
+            "--calib-samples",
+            str(self.s["calib_samples"]),
+            "--calib-seq-len",
+            "512",
+            "--max-ppl-increase",
+            "0.05",
+        )
 
     def evaluate(self) -> None:
         r, s = self.run, self.s
         common = ["--prompt", "chat", "--max-new-tokens", str(s["new_tokens"]), "--batch-size", "8"]
         for name, model in (("base", r / "pretrain"), ("merged", r / "merged"), ("quant", r / "quant")):
-            self.sh(f"eval-demo-{name}", self.tool("mft-eval"), "humaneval", model, "--out", r / f"eval-demo-{name}",
-                    "--problems", r / "raw" / "heldout.jsonl", *common)
+            self.sh(
+                f"eval-demo-{name}",
+                self.tool("mft-eval"),
+                "humaneval",
+                model,
+                "--out",
+                r / f"eval-demo-{name}",
+                "--problems",
+                r / "raw" / "heldout.jsonl",
+                *common,
+            )
         limit = ["--limit", str(s["humaneval_limit"])] if s["humaneval_limit"] else []
-        self.sh("eval-humaneval-merged", self.tool("mft-eval"), "humaneval", r / "merged", "--out",
-                r / "eval-humaneval-merged", *common, *limit)
+        self.sh(
+            "eval-humaneval-merged",
+            self.tool("mft-eval"),
+            "humaneval",
+            r / "merged",
+            "--out",
+            r / "eval-humaneval-merged",
+            *common,
+            *limit,
+        )
 
     def report(self) -> Path:
         from report import write_report

@@ -2,7 +2,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
-
 from mft_core.config import build_config
 from mft_core.errors import ConfigError
 

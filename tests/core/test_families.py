@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from mft_core.errors import ConfigError
 from mft_core.families import FAMILIES, PRESETS, get_family
 
@@ -14,16 +13,24 @@ def test_family_row_builds_and_trains(model_type):
 
     family = get_family(model_type)
     sizes = {k: v for k, v in PRESETS["tiny"].items() if k != "vocab"}
-    config = AutoConfig.for_model(model_type, vocab_size=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                  tie_word_embeddings=family.tied_embeddings, **family.config_kwargs(sizes))
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=family.tied_embeddings,
+        **family.config_kwargs(sizes),
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     assert model.config.model_type == model_type
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     for target in family.lora_targets:
         assert any(n == target or n.endswith("." + target) for n in names), f"{model_type}: no Linear named {target}"
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(family.lora_targets),
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=list(family.lora_targets), init_lora_weights=False)
+    )
     ids = torch.randint(3, 256, (2, 16))
     out = peft_model(input_ids=ids, labels=ids, use_cache=False)
     assert torch.isfinite(out.loss)

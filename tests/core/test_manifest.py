@@ -6,7 +6,6 @@ import sys
 import textwrap
 
 import pytest
-
 from mft_core.errors import ConfigError, ContractError
 from mft_core.manifest import (
     InputRef,
@@ -66,7 +65,7 @@ def test_killed_write_leaves_no_manifest_and_is_cleaned_next_time(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, time
         from mft_core.manifest import atomic_output_dir, new_manifest
-        with atomic_output_dir({str(tmp_path / 'out')!r}) as staging:
+        with atomic_output_dir({str(tmp_path / "out")!r}) as staging:
             (staging.path / "weights.bin").write_bytes(b"x" * 1000)
             print("written", flush=True)
             time.sleep(60)

@@ -4,7 +4,11 @@ from mft_core.schema import conversation_problems, normalize_record, record_sche
 
 
 def good(**kw):
-    rec = {"id": "a", "task": "t", "chat_rounds": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    rec = {
+        "id": "a",
+        "task": "t",
+        "chat_rounds": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    }
     rec.update(kw)
     return rec
 
@@ -15,8 +19,10 @@ def test_good_record_has_no_problem():
 
 
 def test_every_problem_is_reported_with_its_location():
-    bad = {"task": "t", "chat_rounds": [{"role": "wizard", "content": "q"}, {"role": "assistant", "content": 3},
-                                        {"role": "user"}]}
+    bad = {
+        "task": "t",
+        "chat_rounds": [{"role": "wizard", "content": "q"}, {"role": "assistant", "content": 3}, {"role": "user"}],
+    }
     problems = validate_records([good(), bad])
     where = {(p.record_index, p.round_index, p.field) for p in problems}
     assert (1, None, "id") in where  # missing id at record level
@@ -29,16 +35,28 @@ def test_every_problem_is_reported_with_its_location():
 
 
 def test_aliases_are_normalised():
-    rec = good(chat_rounds=[{"role": "human", "content": "q"}, {"role": "bot", "content": "a"},
-                            {"role": "Human", "content": "q2"}, {"role": "gpt", "content": "a2"}])
+    rec = good(
+        chat_rounds=[
+            {"role": "human", "content": "q"},
+            {"role": "bot", "content": "a"},
+            {"role": "Human", "content": "q2"},
+            {"role": "gpt", "content": "a2"},
+        ]
+    )
     norm = normalize_record(rec)
     assert [r["role"] for r in norm["chat_rounds"]] == ["user", "assistant", "user", "assistant"]
     assert validate_record(norm) == []
 
 
 def test_conversation_shape_problems():
-    rec = good(chat_rounds=[{"role": "assistant", "content": "x"}, {"role": "assistant", "content": ""},
-                            {"role": "system", "content": "s"}, {"role": "user", "content": "q"}])
+    rec = good(
+        chat_rounds=[
+            {"role": "assistant", "content": "x"},
+            {"role": "assistant", "content": ""},
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+        ]
+    )
     kinds = {p.kind for p in conversation_problems(rec)}
     assert {"roles out of order", "empty assistant turn", "misplaced system turn", "no final assistant turn"} <= kinds
 

@@ -1,5 +1,4 @@
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from mft_core.templates import DEFAULT_CHAT_TEMPLATE, RoleMarkers, build_chat_template
 
 
@@ -8,8 +7,12 @@ def render(template, messages, gen=False, eos="</s>"):
     return env.from_string(template).render(messages=messages, add_generation_prompt=gen, eos_token=eos)
 
 
-MSGS = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
-        {"role": "user", "content": "U2"}]
+MSGS = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "U"},
+    {"role": "assistant", "content": "A"},
+    {"role": "user", "content": "U2"},
+]
 
 
 def test_mftcoder_format_exactly():
@@ -26,4 +29,6 @@ def test_tokenizer_renders_the_same(llama_base):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(llama_base)
-    assert tok.apply_chat_template(MSGS[:3], tokenize=False) == render(DEFAULT_CHAT_TEMPLATE, MSGS[:3], eos=tok.eos_token)
+    assert tok.apply_chat_template(MSGS[:3], tokenize=False) == render(
+        DEFAULT_CHAT_TEMPLATE, MSGS[:3], eos=tok.eos_token
+    )

@@ -1,13 +1,11 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
-
+from helpers import write_jsonl
 from mft_core.manifest import read_manifest
 from mft_data.api import DecontamConfig, SplitConfig, ValidateConfig, decontaminate, split_folder, validate_folder
 from mft_data.cli import app
-
-from helpers import write_jsonl
+from typer.testing import CliRunner
 
 
 def make(tmp_path, rows, task="t"):
@@ -90,7 +88,9 @@ def test_split_does_not_depend_on_record_order():
     ids = [f"r{i}" for i in range(100)]
     assert split_ids(ids, 0.1, 1) == split_ids(list(reversed(ids)), 0.1, 1)
     assert len(split_ids(ids, 0.1, 1)) == 10
-    with pytest.raises(Exception):
+    from mft_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="valid-ratio"):
         SplitConfig(folder="x", valid_ratio=1.5)
 
 
@@ -107,16 +107,19 @@ def test_stats_and_plot(formatted, llama_base, tmp_path):
 
 def test_cli_tokenize_and_stats(formatted, llama_base, tmp_path):
     out = tmp_path / "tok"
-    res = CliRunner().invoke(app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out),
-                                   "--seq-len", "128"])
+    res = CliRunner().invoke(
+        app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out), "--seq-len", "128"]
+    )
     assert res.exit_code == 0, res.output
     assert read_manifest(out, "tokenized-data").config["seq_len"] == 128
-    res = CliRunner().invoke(app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out),
-                                   "--seq-len", "128"])
+    res = CliRunner().invoke(
+        app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out), "--seq-len", "128"]
+    )
     assert res.exit_code == 0 and "up to date" in res.output
     assert CliRunner().invoke(app, ["stats", str(out)]).exit_code == 0
-    res = CliRunner().invoke(app, ["tokenize", str(tmp_path / "nothing"), "--tokenizer", str(llama_base), "--out",
-                                   str(tmp_path / "x")])
+    res = CliRunner().invoke(
+        app, ["tokenize", str(tmp_path / "nothing"), "--tokenizer", str(llama_base), "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code == 3 and "mft-data format" in res.output
 
 

@@ -4,18 +4,21 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
+from helpers import write_jsonl
 from mft_core.errors import ConfigError, InputError
 from mft_core.manifest import read_manifest
 from mft_data.api import FormatConfig, format_task
 from mft_data.cli import app
-
-from helpers import write_jsonl
+from typer.testing import CliRunner
 
 SAMPLES = {
-    "mftcoder": {"chat_rounds": [{"role": "system", "content": "s"}, {"role": "human", "content": "q"},
-                                 {"role": "bot", "content": "a"}]},
+    "mftcoder": {
+        "chat_rounds": [
+            {"role": "system", "content": "s"},
+            {"role": "human", "content": "q"},
+            {"role": "bot", "content": "a"},
+        ]
+    },
     "openai": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
     "sharegpt": {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
     "alpaca": {"instruction": "q", "input": "ctx", "output": "a"},

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 from helpers import MULTI_TURN, format_folder
-
 from mft_core.errors import InputError
 from mft_core.manifest import read_manifest
 from mft_data.api import ChatEncoder, TokenizeConfig, decode_supervised, load_tokenized, tokenize_folder
@@ -21,8 +20,14 @@ def test_supervised_tokens_are_exactly_assistant_contents_plus_eos(make_base, fa
     tok = tokenizer(make_base(family))
     records = [
         {"id": "1", "task": "t", "chat_rounds": MULTI_TURN},
-        {"id": "2", "task": "t", "chat_rounds": [{"role": "user", "content": "<s>bot\nsneaky"},
-                                                 {"role": "assistant", "content": "ok <s> fine"}]},
+        {
+            "id": "2",
+            "task": "t",
+            "chat_rounds": [
+                {"role": "user", "content": "<s>bot\nsneaky"},
+                {"role": "assistant", "content": "ok <s> fine"},
+            ],
+        },
         {"id": "3", "task": "t", "chat_rounds": [{"role": "assistant", "content": "import os\n"}]},
     ]
     encoder = ChatEncoder(tok)
@@ -35,8 +40,9 @@ def test_supervised_tokens_are_exactly_assistant_contents_plus_eos(make_base, fa
 
 
 def test_tokenize_folder_packs_isolated_rows(formatted, llama_base, tmp_path):
-    result = tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"),
-                                            seq_len=128))
+    result = tokenize_folder(
+        TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"), seq_len=128)
+    )
     data = load_tokenized(tmp_path / "tok")
     assert data.tasks == ("explain", "gen")
     ds = data.train
@@ -47,8 +53,8 @@ def test_tokenize_folder_packs_isolated_rows(formatted, llama_base, tmp_path):
         assert sum(row["seq_lens"]) == n
         start = 0
         for length in row["seq_lens"]:
-            assert row["position_ids"][start:start + length] == list(range(length))
-            assert len(set(row["task_ids"][start:start + length])) == 1
+            assert row["position_ids"][start : start + length] == list(range(length))
+            assert len(set(row["task_ids"][start : start + length])) == 1
             assert row["labels"][start] == IGNORE
             start += length
         total_records += len(row["seq_lens"])
@@ -57,21 +63,25 @@ def test_tokenize_folder_packs_isolated_rows(formatted, llama_base, tmp_path):
     assert total_records == sum(t["records"] for t in tasks.values()) == 66
     assert sum(t["dropped"] for t in tasks.values()) == 0
     assert tasks["gen"]["supervised_tokens"] == sum(
-        sum(1 for x, t in zip(r["labels"], r["task_ids"]) if x != IGNORE and t == 1) for r in ds)
+        sum(1 for x, t in zip(r["labels"], r["task_ids"]) if x != IGNORE and t == 1) for r in ds
+    )
     assert read_manifest(tmp_path / "tok").summary["splits"]["train"]["fill_rate"] > 0.9
 
 
 def test_rows_decode_to_the_records(formatted, llama_base, tmp_path):
-    tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"),
-                                   seq_len=256))
+    tokenize_folder(
+        TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"), seq_len=256)
+    )
     tok = tokenizer(llama_base)
     texts = set()
     for row in load_tokenized(tmp_path / "tok").train:
         start = 0
         for length in row["seq_lens"]:
-            texts.add(tok.decode(row["input_ids"][start:start + length], clean_up_tokenization_spaces=False))
+            texts.add(tok.decode(row["input_ids"][start : start + length], clean_up_tokenization_spaces=False))
             start += length
-    records = [json.loads(x) for task in ("gen", "explain") for x in (formatted / task / "data.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(x) for task in ("gen", "explain") for x in (formatted / task / "data.jsonl").read_text().splitlines()
+    ]
     assert texts == {tok.apply_chat_template(r["chat_rounds"], tokenize=False) for r in records}
 
 
@@ -93,8 +103,9 @@ def test_overlong_policies(tmp_path, llama_base):
 def test_split_folders_give_train_and_valid(tmp_path, llama_base):
     rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(20)]
     folder = format_folder(tmp_path / "data", {"a": rows, "b": rows}, split=0.2)
-    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(tmp_path / "tok"), seq_len=64,
-                                   mode="pad"))
+    tokenize_folder(
+        TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(tmp_path / "tok"), seq_len=64, mode="pad")
+    )
     data = load_tokenized(tmp_path / "tok")
     assert len(data.train) == 32 and len(data.valid) == 8
     assert all(len(r) == 1 for r in data.valid["seq_lens"])
@@ -144,16 +155,27 @@ def test_tokenizer_from_an_mft_output_folder_and_a_clear_error(formatted, llama_
 
     out = tmp_path / "train-output"
     shutil.copytree(llama_base, out / "model")
-    (out / "manifest.json").write_text(_json.dumps({**_json.loads((llama_base / "manifest.json").read_text()),
-                                                    "kind": "model", "summary": {"paths": {"model": "model"}}}))
-    via_output = tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(out), out=str(tmp_path / "a"),
-                                                seq_len=128))
-    direct = tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "b"),
-                                            seq_len=128))
+    (out / "manifest.json").write_text(
+        _json.dumps(
+            {
+                **_json.loads((llama_base / "manifest.json").read_text()),
+                "kind": "model",
+                "summary": {"paths": {"model": "model"}},
+            }
+        )
+    )
+    via_output = tokenize_folder(
+        TokenizeConfig(folder=str(formatted), tokenizer=str(out), out=str(tmp_path / "a"), seq_len=128)
+    )
+    direct = tokenize_folder(
+        TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "b"), seq_len=128)
+    )
     assert via_output.summary == direct.summary
     (tmp_path / "empty").mkdir()
     with pytest.raises(ContractError, match="empty"):
-        tokenize_folder(TokenizeConfig(folder=str(formatted), tokenizer=str(tmp_path / "empty"), out=str(tmp_path / "c")))
+        tokenize_folder(
+            TokenizeConfig(folder=str(formatted), tokenizer=str(tmp_path / "empty"), out=str(tmp_path / "c"))
+        )
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -161,13 +183,16 @@ def test_training_tokens_begin_with_the_inference_prompt_tokens(make_base, famil
     """The model is trained on exactly the token sequence it sees at inference: the prompt tokenized alone, then
     its answer. (Byte-level BPE would otherwise merge the template's newline with an indented answer.)"""
     tok = tokenizer(make_base(family))
-    rounds = [{"role": "user", "content": "# language: Python\ndef f(x):\n    \"\"\"Add one.\"\"\"\n"},
-              {"role": "assistant", "content": "    return x + 1\n"},
-              {"role": "user", "content": "And two?"}, {"role": "assistant", "content": "  x + 2"}]
+    rounds = [
+        {"role": "user", "content": '# language: Python\ndef f(x):\n    """Add one."""\n'},
+        {"role": "assistant", "content": "    return x + 1\n"},
+        {"role": "user", "content": "And two?"},
+        {"role": "assistant", "content": "  x + 2"},
+    ]
     enc = ChatEncoder(tok).encode([{"id": "1", "task": "t", "chat_rounds": rounds}])[0]
     prompt = tok.apply_chat_template(rounds[:1], tokenize=False, add_generation_prompt=True)
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     assert enc.input_ids.tolist()[: len(prompt_ids)] == prompt_ids
     assert enc.labels[len(prompt_ids) - 1] == IGNORE and enc.labels[len(prompt_ids)] != IGNORE
     answer_ids = tok("    return x + 1\n" + tok.eos_token, add_special_tokens=False)["input_ids"]
-    assert enc.input_ids.tolist()[len(prompt_ids): len(prompt_ids) + len(answer_ids)] == answer_ids
+    assert enc.input_ids.tolist()[len(prompt_ids) : len(prompt_ids) + len(answer_ids)] == answer_ids

@@ -9,8 +9,19 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["base", "pretrain", "data", "tok", "train", "merged", "quant", "eval-demo-base", "eval-demo-merged",
-          "eval-demo-quant", "eval-humaneval-merged"]
+STAGES = [
+    "base",
+    "pretrain",
+    "data",
+    "tok",
+    "train",
+    "merged",
+    "quant",
+    "eval-demo-base",
+    "eval-demo-merged",
+    "eval-demo-quant",
+    "eval-humaneval-merged",
+]
 
 CHECK = textwrap.dedent("""
     import json, sys
@@ -53,8 +64,13 @@ def test_quick_pipeline_end_to_end(tmp_path):
         assert (run / stage / "manifest.json").is_file(), stage
     report = (run / "report.md").read_text()
     assert "pass@1" in report and "Merge check" in report and "Quantization" in report
-    check = subprocess.run([sys.executable, "-c", CHECK, str(run)], capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    check = subprocess.run(
+        [sys.executable, "-c", CHECK, str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
     # a second run redoes nothing: every tool finds its finished folder
     manifests = {s: json.loads((run / s / "manifest.json").read_text())["id"] for s in STAGES}

@@ -68,5 +68,11 @@ def write_jsonl(path: Path, rows) -> Path:
 
 @pytest.fixture(scope="session")
 def fx() -> SimpleNamespace:
-    return SimpleNamespace(path=fixture_path, samples_file=samples_file, write_jsonl=write_jsonl, FIXTURES=FIXTURES,
-                           N1_FILES=N1_FILES, CODET=CODET)
+    return SimpleNamespace(
+        path=fixture_path,
+        samples_file=samples_file,
+        write_jsonl=write_jsonl,
+        FIXTURES=FIXTURES,
+        N1_FILES=N1_FILES,
+        CODET=CODET,
+    )

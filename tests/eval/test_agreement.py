@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from mft_eval.api import score_samples
 from mft_eval.config import ScoreConfig
 
@@ -27,8 +26,10 @@ def passed_tasks(out) -> set[str]:
 
 
 def test_canonical_solutions_score_100(problems, fx, tmp_path):
-    samples = fx.write_jsonl(tmp_path / "canonical.jsonl",
-                             [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()])
+    samples = fx.write_jsonl(
+        tmp_path / "canonical.jsonl",
+        [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()],
+    )
     result = score(samples, tmp_path / "out")
     assert result.summary["pass_at_k"]["pass@1"] == 1.0
     assert result.summary["status_counts"]["passed"] == 164
@@ -41,8 +42,9 @@ def test_n1_fixture_agrees_task_for_task(name, problems, reference, fx, tmp_path
     result = score(samples, tmp_path / "out", solution_mode=solution_mode)
     ref = reference[name]
     ours = passed_tasks(tmp_path / "out")
-    assert ours == set(ref["passed_task_ids"]), f"only ours: {ours - set(ref['passed_task_ids'])}, " \
-                                                f"only reference: {set(ref['passed_task_ids']) - ours}"
+    assert ours == set(ref["passed_task_ids"]), (
+        f"only ours: {ours - set(ref['passed_task_ids'])}, only reference: {set(ref['passed_task_ids']) - ours}"
+    )
     assert result.summary["pass_at_k_percent"]["pass@1"] == ref["pass_at_k"]["pass@1"]
 
 
@@ -83,8 +85,10 @@ def test_codet_subset_agrees_per_task(problems, reference, fx, tmp_path):
     """A fast slice of the n=100 file (12 tasks, 1,200 samples) with the per-task correct counts of the reference."""
     samples, _ = fx.samples_file(fx.CODET, problems, tmp_path)
     wanted = {f"HumanEval/{i}" for i in (0, 2, 10, 13, 22, 32, 38, 50, 56, 61, 133, 142)}
-    subset = fx.write_jsonl(tmp_path / "subset.jsonl", [r for r in map(json.loads, samples.read_text().splitlines())
-                                                         if r["task_id"] in wanted])
+    subset = fx.write_jsonl(
+        tmp_path / "subset.jsonl",
+        [r for r in map(json.loads, samples.read_text().splitlines()) if r["task_id"] in wanted],
+    )
     score(subset, tmp_path / "out")
     ref = reference[fx.CODET]["correct_per_task"]
     counts = _codet_counts(tmp_path / "out")

@@ -3,18 +3,31 @@
 import gzip
 import json
 
-from typer.testing import CliRunner
-
 from mft_core.manifest import read_manifest
 from mft_eval.cli import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
 
 def test_humaneval_end_to_end_on_tiny_model(llama_base, tmp_path):
     out = tmp_path / "eval"
-    args = ["humaneval", str(llama_base), "--out", str(out), "--limit", "3", "--max-new-tokens", "16", "--threads", "1",
-            "--batch-size", "2", "--workers", "2"]
+    args = [
+        "humaneval",
+        str(llama_base),
+        "--out",
+        str(out),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "16",
+        "--threads",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "2",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -22,8 +35,9 @@ def test_humaneval_end_to_end_on_tiny_model(llama_base, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     generation = json.loads((out / "generation.json").read_text())
     assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
-    assert all(s["prompt"].startswith("<s>human\n# language: Python\n") and "raw" in s and "completion" in s
-               for s in samples)
+    assert all(
+        s["prompt"].startswith("<s>human\n# language: Python\n") and "raw" in s and "completion" in s for s in samples
+    )
     assert [r["task_id"] for r in results] == [s["task_id"] for s in samples]
     assert all(r["status"] in ("passed", "failed", "timed out", "crashed") for r in results)
     assert summary["tasks"] == 3 and set(summary["pass_at_k"]) == {"pass@1"} and summary["skipped_k"] == [10, 100]
@@ -39,9 +53,11 @@ def test_humaneval_end_to_end_on_tiny_model(llama_base, tmp_path):
 
 
 def test_score_writes_a_complete_record(problems, tmp_path):
-    rows = [{"task_id": "HumanEval/0", "completion": problems["HumanEval/0"]["canonical_solution"]},
-            {"task_id": "HumanEval/0", "completion": "    return None\n"},
-            {"task_id": "HumanEval/1", "completion": "    while True:\n        pass\n"}]
+    rows = [
+        {"task_id": "HumanEval/0", "completion": problems["HumanEval/0"]["canonical_solution"]},
+        {"task_id": "HumanEval/0", "completion": "    return None\n"},
+        {"task_id": "HumanEval/1", "completion": "    while True:\n        pass\n"},
+    ]
     path = tmp_path / "s.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
@@ -81,15 +97,27 @@ def test_score_exit_codes_for_bad_input(tmp_path):
 
 
 def test_score_with_own_problem_file_and_existing_out(tmp_path):
-    problem = {"task_id": "Demo/0", "prompt": "def inc(x):\n", "entry_point": "inc",
-               "test": "def check(f):\n    assert f(1) == 2\n"}
+    problem = {
+        "task_id": "Demo/0",
+        "prompt": "def inc(x):\n",
+        "entry_point": "inc",
+        "test": "def check(f):\n    assert f(1) == 2\n",
+    }
     problems = tmp_path / "demo.jsonl"
     problems.write_text(json.dumps(problem) + "\n")
-    ok = _score(tmp_path, json.dumps({"task_id": "Demo/0", "completion": "    return x + 1\n"}) + "\n",
-                "--problems", str(problems))
+    ok = _score(
+        tmp_path,
+        json.dumps({"task_id": "Demo/0", "completion": "    return x + 1\n"}) + "\n",
+        "--problems",
+        str(problems),
+    )
     assert ok.exit_code == 0, ok.output
-    changed = _score(tmp_path, json.dumps({"task_id": "Demo/0", "completion": "    return x + 2\n"}) + "\n",
-                     "--problems", str(problems))
+    changed = _score(
+        tmp_path,
+        json.dumps({"task_id": "Demo/0", "completion": "    return x + 2\n"}) + "\n",
+        "--problems",
+        str(problems),
+    )
     assert changed.exit_code == 2 and "--overwrite" in changed.output
 
 

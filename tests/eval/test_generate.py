@@ -4,7 +4,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from mft_core.errors import ConfigError
 from mft_eval.config import HumanEvalConfig
 from mft_eval.generate import build_prompts, clean_completion, generate_hf, load_tokenizer

@@ -1,7 +1,6 @@
 """Post-processing rules, program layout, the CodeT task matching."""
 
 import pytest
-
 from mft_core.errors import InputError
 from mft_eval.convert import match_prompts
 from mft_eval.postprocess import (
@@ -13,8 +12,12 @@ from mft_eval.postprocess import (
     truncate_at_stop,
 )
 
-PROBLEM = {"task_id": "T/0", "prompt": 'def add(a, b):\n    """Add."""\n', "entry_point": "add",
-           "test": "def check(f):\n    assert f(1, 2) == 3\n"}
+PROBLEM = {
+    "task_id": "T/0",
+    "prompt": 'def add(a, b):\n    """Add."""\n',
+    "entry_point": "add",
+    "test": "def check(f):\n    assert f(1, 2) == 3\n",
+}
 
 
 def test_truncate_at_earliest_stop():
@@ -22,21 +25,26 @@ def test_truncate_at_earliest_stop():
     assert truncate_at_stop(raw, DEFAULT_STOP) == "    return a + b\n"
     assert truncate_at_stop("    return 1\n# done\nclass X: pass", DEFAULT_STOP) == "    return 1"
     assert truncate_at_stop("    return 1", DEFAULT_STOP) == "    return 1"
-    assert truncate_at_stop("    return 1\nif __name__ == '__main__':\n    main()", ("\nif __name__",)) \
-        == "    return 1"
+    assert (
+        truncate_at_stop("    return 1\nif __name__ == '__main__':\n    main()", ("\nif __name__",)) == "    return 1"
+    )
 
 
 def test_chat_code_first_fenced_block_then_cut_after_function():
-    answer = ("Sure! Here it is:\n```python\nimport math\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\n```\n"
-              "And a second one:\n```python\ndef nope(): pass\n```")
+    answer = (
+        "Sure! Here it is:\n```python\nimport math\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\n```\n"
+        "And a second one:\n```python\ndef nope(): pass\n```"
+    )
     code = extract_chat_code(answer)
     assert code == "\nimport math\n\ndef add(a, b):\n    return a + b\n"
     assert "print" not in code and "nope" not in code
 
 
 def test_chat_code_without_fence_starts_at_code_and_keeps_helpers():
-    answer = ("Here is my solution\ndef helper(x):\n    return x\n\ndef add(a, b):\n    return helper(a) + b\n\n"
-              "assert add(1, 2) == 3\nThat's it.")
+    answer = (
+        "Here is my solution\ndef helper(x):\n    return x\n\ndef add(a, b):\n    return helper(a) + b\n\n"
+        "assert add(1, 2) == 3\nThat's it."
+    )
     assert extract_chat_code(answer) == "\ndef helper(x):\n    return x\n\ndef add(a, b):\n    return helper(a) + b\n"
 
 
@@ -54,12 +62,15 @@ def test_whole_function_from_chat_runs_after_the_prompt():
 
 def test_program_layout_is_human_evals():
     assert build_program(PROBLEM, "    return a + b\n") == (
-        PROBLEM["prompt"] + "    return a + b\n" + "\n" + PROBLEM["test"] + "\n" + "check(add)")
+        PROBLEM["prompt"] + "    return a + b\n" + "\n" + PROBLEM["test"] + "\n" + "check(add)"
+    )
 
 
 def test_codefuse_preset_prepends_imports_and_drops_top_level_statements():
-    completion = ("    return a + b\n\nprint(add(1, 2))\nx = 5\nimport os\ndef more():\n    pass\n"
-                  "@decorator\nclass K:\n    pass\n")
+    completion = (
+        "    return a + b\n\nprint(add(1, 2))\nx = 5\nimport os\ndef more():\n    pass\n"
+        "@decorator\nclass K:\n    pass\n"
+    )
     stripped = strip_top_level_statements(completion)
     assert "print(" not in stripped and "x = 5" not in stripped
     assert "import os" in stripped and "def more()" in stripped and "@decorator" in stripped and "class K:" in stripped

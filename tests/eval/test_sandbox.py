@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from mft_eval.sandbox import Job, Limits, Sandbox
 
 TIMEOUT = 3.0
@@ -76,43 +75,73 @@ def hostile_run(tmp_path_factory):
         "memory_bomb": ("x = bytearray(64 * 1024**3)", TIMEOUT),
         "memory_growth": ("a = []\nwhile True:\n    a.append(bytearray(64 * 1024**2))", 15.0),
         "infinite_loop": ("while True:\n    pass", TIMEOUT),
-        "delete_files": (f"import ctypes\nlibc = ctypes.CDLL(None)\nlibc.unlink({str(victim)!r}.encode())\n"
-                         f"libc.system(b'rm -rf {victim_dir}')\n"
-                         f"with open({str(victim)!r}, 'w') as f:\n    f.write('gone')", TIMEOUT),
-        "kill_parent": (f"import ctypes, os\nlibc = ctypes.CDLL(None)\nfor pid in ({me}, os.getppid(), 1):\n"
-                        "    libc.kill(pid, 9)\nwhile True:\n    pass", TIMEOUT),
-        "sockets": (f"import socket\ns = socket.create_connection(('127.0.0.1', {listener.port}), timeout=1)\n"
-                    "s.sendall(b'pwned')", TIMEOUT),
-        "flood_stdout": ("import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    print('x' * 10000)\n"
-                         "    libc.write(1, b'y' * 10000, 10000)", TIMEOUT),
-        "ignore_sigterm": ("import signal\nfor s in (signal.SIGTERM, signal.SIGALRM, signal.SIGINT, signal.SIGHUP):\n"
-                           "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    try:\n        pass\n"
-                           "    except BaseException:\n        pass", TIMEOUT),
+        "delete_files": (
+            f"import ctypes\nlibc = ctypes.CDLL(None)\nlibc.unlink({str(victim)!r}.encode())\n"
+            f"libc.system(b'rm -rf {victim_dir}')\n"
+            f"with open({str(victim)!r}, 'w') as f:\n    f.write('gone')",
+            TIMEOUT,
+        ),
+        "kill_parent": (
+            f"import ctypes, os\nlibc = ctypes.CDLL(None)\nfor pid in ({me}, os.getppid(), 1):\n"
+            "    libc.kill(pid, 9)\nwhile True:\n    pass",
+            TIMEOUT,
+        ),
+        "sockets": (
+            f"import socket\ns = socket.create_connection(('127.0.0.1', {listener.port}), timeout=1)\n"
+            "s.sendall(b'pwned')",
+            TIMEOUT,
+        ),
+        "flood_stdout": (
+            "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    print('x' * 10000)\n"
+            "    libc.write(1, b'y' * 10000, 10000)",
+            TIMEOUT,
+        ),
+        "ignore_sigterm": (
+            "import signal\nfor s in (signal.SIGTERM, signal.SIGALRM, signal.SIGINT, signal.SIGHUP):\n"
+            "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    try:\n        pass\n"
+            "    except BaseException:\n        pass",
+            TIMEOUT,
+        ),
         "os_exit": ("import os\nos._exit(0)", TIMEOUT),
         "segfault": ("import ctypes\nctypes.string_at(0)", TIMEOUT),
         "read_secret": ("import os\nassert 'MFT_EVAL_TEST_SECRET' not in os.environ, 'leaked'", TIMEOUT),
-        "daemon": ("import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
-                   "    time.sleep(120)\nprint('left a daemon')", TIMEOUT),
+        "daemon": (
+            "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
+            "    time.sleep(120)\nprint('left a daemon')",
+            TIMEOUT,
+        ),
     }
     with Sandbox(workers=2) as box:
         info = box.info
         bounded = info["pid_namespace"] and info["processes_bounded"]
         if bounded:  # never without both: see the module docstring
             programs["fork_bomb"] = ("import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()", TIMEOUT)
-            programs["kill_everything"] = ("import ctypes\nctypes.CDLL(None).kill(-1, 9)\nwhile True:\n    pass",
-                                           TIMEOUT)
+            programs["kill_everything"] = (
+                "import ctypes\nctypes.CDLL(None).kill(-1, 9)\nwhile True:\n    pass",
+                TIMEOUT,
+            )
         if "memory" in info["cgroup_controllers"]:
-            programs["fork_memory"] = ("import ctypes, time\nlibc = ctypes.CDLL(None)\nfor i in range(40):\n"
-                                       "    if libc.fork() == 0:\n        b = bytearray(1500 * 1024**2)\n"
-                                       "        time.sleep(30)\n        break\ntime.sleep(30)", TIMEOUT)
+            programs["fork_memory"] = (
+                "import ctypes, time\nlibc = ctypes.CDLL(None)\nfor i in range(40):\n"
+                "    if libc.fork() == 0:\n        b = bytearray(1500 * 1024**2)\n"
+                "        time.sleep(30)\n        break\ntime.sleep(30)",
+                TIMEOUT,
+            )
         start = time.monotonic()
         results = dict(zip(programs, box.run([Job(i, p, t) for i, (p, t) in enumerate(programs.values())])))
         elapsed = time.monotonic() - start
         after = box.run([Job(0, "import numpy, colorsys\nassert sum(range(10)) == 45", TIMEOUT)])[0]
     time.sleep(0.2)
-    state = dict(results=results, elapsed=elapsed, after=after, info=info, victim=victim.read_text(),
-                 victim_exists=victim.exists(), received=list(listener.received),
-                 nobody_delta=_nobody_processes() - nobody_before)
+    state = dict(
+        results=results,
+        elapsed=elapsed,
+        after=after,
+        info=info,
+        victim=victim.read_text(),
+        victim_exists=victim.exists(),
+        received=list(listener.received),
+        nobody_delta=_nobody_processes() - nobody_before,
+    )
     listener.close()
     del os.environ["MFT_EVAL_TEST_SECRET"]
     victim.unlink()
@@ -177,9 +206,13 @@ def test_strong_isolation_where_the_kernel_allows_it(hostile_run):
 
 def test_programs_import_stdlib_and_allowed_packages_only():
     with Sandbox(workers=1, parked=0) as box:
-        rs = box.run([Job(0, "import pandas", TIMEOUT),
-                      Job(1, "import colorsys, numpy\nimport numpy.polynomial", TIMEOUT),
-                      Job(2, "import mft_eval", TIMEOUT)])
+        rs = box.run(
+            [
+                Job(0, "import pandas", TIMEOUT),
+                Job(1, "import colorsys, numpy\nimport numpy.polynomial", TIMEOUT),
+                Job(2, "import mft_eval", TIMEOUT),
+            ]
+        )
     assert [r.status for r in rs] == ["failed", "passed", "failed"]
     assert rs[0].exc_type == rs[2].exc_type == "ModuleNotFoundError"
 
@@ -187,12 +220,15 @@ def test_programs_import_stdlib_and_allowed_packages_only():
 def test_minimal_isolation_still_cleans_up_and_times_out():
     """Without namespaces and cgroups (a machine that allows none), the guard, rlimits, process-group and /proc
     descendant sweep still apply. Only benign programs here."""
-    program = ("import ctypes, time\nlibc = ctypes.CDLL(None)\npid = libc.fork()\nif pid == 0:\n    libc.setsid()\n"
-               "    time.sleep(60)\nprint(pid)")
+    program = (
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\npid = libc.fork()\nif pid == 0:\n    libc.setsid()\n"
+        "    time.sleep(60)\nprint(pid)"
+    )
     with Sandbox(workers=1, isolation="minimal") as box:
         assert box.info["level"] == "guard-only"
-        escaped, loop, plain = box.run([Job(0, program, TIMEOUT), Job(1, "while True:\n    pass", 1.0),
-                                        Job(2, "assert [1, 2][-1] == 2", TIMEOUT)])
+        escaped, loop, plain = box.run(
+            [Job(0, program, TIMEOUT), Job(1, "while True:\n    pass", 1.0), Job(2, "assert [1, 2][-1] == 2", TIMEOUT)]
+        )
     assert escaped.passed and loop.status == "timed out" and plain.passed
     child = int(escaped.output.strip())
     time.sleep(0.2)

@@ -5,7 +5,6 @@ from fractions import Fraction
 from math import comb
 
 import pytest
-
 from mft_eval.score import pass_at_k, per_task_counts, summarize
 
 

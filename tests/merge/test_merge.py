@@ -9,13 +9,12 @@ import textwrap
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from mft_core.errors import ConfigError, ContractError
 from mft_core.manifest import read_manifest
 from mft_merge.api import merge
 from mft_merge.cli import app
 from mft_merge.config import MergeConfig
+from typer.testing import CliRunner
 
 IDS = torch.tensor([[5, 17, 99, 3, 250, 7, 42, 8, 1000, 12]])
 
@@ -29,8 +28,9 @@ def make_adapter(base, out, targets=None, seed=0, **lora_kwargs):
     from mft_core.families import FAMILIES
 
     targets = targets or list(FAMILIES[model.config.model_type].lora_targets)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False,
-                                                  **lora_kwargs))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, **lora_kwargs)
+    )
     with torch.no_grad():  # make B non-trivial too (PEFT's non-default init is small)
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -86,15 +86,25 @@ def test_sharded_base_merges_like_unsharded(llama_base, tmp_path):
     assert len(list(sharded.glob("model-*.safetensors"))) > 2
     adapter = make_adapter(llama_base, tmp_path / "adapter")
     merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "a"), dtype="fp32"))
-    merge(MergeConfig(adapter=str(adapter), base=str(sharded), out=str(tmp_path / "b"), dtype="fp32",
-                      max_shard_size="250KB"))
+    merge(
+        MergeConfig(
+            adapter=str(adapter), base=str(sharded), out=str(tmp_path / "b"), dtype="fp32", max_shard_size="250KB"
+        )
+    )
     assert len(list((tmp_path / "b").glob("model-*.safetensors"))) > 2
     assert (tmp_path / "b" / "model.safetensors.index.json").is_file()
     assert torch.equal(merged_logits(tmp_path / "a"), merged_logits(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("variant", [{"use_rslora": True}, {"use_dora": True},
-                                     {"modules_to_save": ["lm_head"]}, {"use_rslora": True, "use_dora": True}])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"use_rslora": True},
+        {"use_dora": True},
+        {"modules_to_save": ["lm_head"]},
+        {"use_rslora": True, "use_dora": True},
+    ],
+)
 def test_rslora_dora_modules_to_save(llama_base, tmp_path, variant):
     adapter = make_adapter(llama_base, tmp_path / "adapter", **variant)
     if "modules_to_save" in variant:  # make the trained copy differ from the base
@@ -116,13 +126,22 @@ def test_resized_embeddings_with_extra_tokens(llama_base, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(llama_base)
     model.resize_token_embeddings(len(tok) + 62)  # 4098 -> 4160 rows (a multiple of 64)
     torch.manual_seed(1)
-    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False,
-                                          modules_to_save=["embed_tokens", "lm_head"]))
+    pm = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj"],
+            init_lora_weights=False,
+            modules_to_save=["embed_tokens", "lm_head"],
+        ),
+    )
     adapter = tmp_path / "adapter"
     pm.save_pretrained(adapter)
     tok.save_pretrained(adapter)
-    result = merge(MergeConfig(adapter=str(adapter), base=str(llama_base), out=str(tmp_path / "m"), dtype="fp32",
-                               verify="layers"))
+    result = merge(
+        MergeConfig(adapter=str(adapter), base=str(llama_base), out=str(tmp_path / "m"), dtype="fp32", verify="layers")
+    )
     assert result.summary["config_updates"]["vocab_size"] == 4160
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert merged.get_input_embeddings().weight.shape[0] == 4160
@@ -222,7 +241,7 @@ def test_killed_merge_leaves_no_manifest(llama_base, tmp_path):
             return real(*a, **k)
         M.merged_tensor = slow
         from mft_merge.cli import main
-        sys.argv = ["mft-merge", {str(adapter)!r}, "--out", {str(tmp_path / 'm')!r}]
+        sys.argv = ["mft-merge", {str(adapter)!r}, "--out", {str(tmp_path / "m")!r}]
         main()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -237,7 +256,6 @@ def test_killed_merge_leaves_no_manifest(llama_base, tmp_path):
 
 def test_merge_from_mft_train_output(llama_base, llama_tok, tmp_path):
     from helpers import train_config
-
     from mft_train.api import train
 
     out = tmp_path / "run"

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 from helpers import demo_tasks, format_folder
-
 from mft_core.errors import ConfigError, ContractError, QualityGateError
 from mft_core.manifest import read_manifest
 from mft_quant.api import quantize_gptq
@@ -26,8 +25,18 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quantized(llama_base, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "q"
-    quantize_gptq(GPTQConfig(model=str(llama_base), out=str(out), group_size=64, calib=str(data), calib_samples=12,
-                             calib_seq_len=128, eval_samples=6, max_ppl_increase=0.5))
+    quantize_gptq(
+        GPTQConfig(
+            model=str(llama_base),
+            out=str(out),
+            group_size=64,
+            calib=str(data),
+            calib_samples=12,
+            calib_seq_len=128,
+            eval_samples=6,
+            max_ppl_increase=0.5,
+        )
+    )
     return out
 
 
@@ -38,11 +47,15 @@ def test_output_loads_with_plain_transformers_and_generates(quantized, llama_bas
     assert config["quantization_config"]["bits"] == 4 and config["quantization_config"]["group_size"] == 64
     assert config["quantization_config"]["quant_method"] == "gptq"
     model = AutoModelForCausalLM.from_pretrained(quantized, device_map="cpu")
-    assert "QuantLinear" in type(model.model.layers[0].self_attn.q_proj).__name__ or \
-        "Linear" in type(model.model.layers[0].self_attn.q_proj).__name__
+    assert (
+        "QuantLinear" in type(model.model.layers[0].self_attn.q_proj).__name__
+        or "Linear" in type(model.model.layers[0].self_attn.q_proj).__name__
+    )
     tok = AutoTokenizer.from_pretrained(quantized)
     assert tok.chat_template  # copied with the model
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Write add"}], tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Write add"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
@@ -70,8 +83,18 @@ def test_calibration_comes_from_the_given_data(quantized, data):
 
 
 def test_rerun_is_up_to_date(quantized, llama_base, data):
-    result = quantize_gptq(GPTQConfig(model=str(llama_base), out=str(quantized), group_size=64, calib=str(data),
-                                      calib_samples=12, calib_seq_len=128, eval_samples=6, max_ppl_increase=0.5))
+    result = quantize_gptq(
+        GPTQConfig(
+            model=str(llama_base),
+            out=str(quantized),
+            group_size=64,
+            calib=str(data),
+            calib_samples=12,
+            calib_seq_len=128,
+            eval_samples=6,
+            max_ppl_increase=0.5,
+        )
+    )
     assert result.up_to_date
 
 
@@ -91,14 +114,16 @@ def test_errors_before_any_work(llama_base, tmp_path, data):
         quantize_gptq(GPTQConfig(model=str(llama_base), out=str(tmp_path / "o"), group_size=96))
     from transformers import BertConfig
 
-    BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=256,
-               is_decoder=True).save_pretrained(tmp_path / "bert")
+    BertConfig(
+        hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=256, is_decoder=True
+    ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ConfigError, match="cannot quantize model type 'bert'"):
         quantize_gptq(GPTQConfig(model=str(tmp_path / "bert"), out=str(tmp_path / "o")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ContractError, match="mft-data format"):
-        quantize_gptq(GPTQConfig(model=str(llama_base), out=str(tmp_path / "o"), group_size=64,
-                                 calib=str(tmp_path / "empty")))
+        quantize_gptq(
+            GPTQConfig(model=str(llama_base), out=str(tmp_path / "o"), group_size=64, calib=str(tmp_path / "empty"))
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -112,7 +137,7 @@ def test_killed_run_leaves_no_manifest(llama_base, data, tmp_path):
         import mft_quant.api as A
         A.measure = die
         from mft_quant.cli import main
-        sys.argv = ["mft-quant", "gptq", {str(llama_base)!r}, "--out", {str(tmp_path / 'q')!r}, "--group-size", "64",
+        sys.argv = ["mft-quant", "gptq", {str(llama_base)!r}, "--out", {str(tmp_path / "q")!r}, "--group-size", "64",
                     "--calib", {str(data)!r}, "--calib-samples", "4", "--calib-seq-len", "64"]
         main()
     """)
@@ -125,9 +150,20 @@ def test_killed_run_leaves_no_manifest(llama_base, data, tmp_path):
 
 def test_eval_humaneval_reports_delta(llama_base, data, tmp_path):
     out = tmp_path / "q"
-    result = quantize_gptq(GPTQConfig(model=str(llama_base), out=str(out), group_size=64, calib=str(data),
-                                      calib_samples=4, calib_seq_len=64, eval_samples=3, max_ppl_increase=1.0,
-                                      eval_humaneval=True, eval_humaneval_limit=2))
+    result = quantize_gptq(
+        GPTQConfig(
+            model=str(llama_base),
+            out=str(out),
+            group_size=64,
+            calib=str(data),
+            calib_samples=4,
+            calib_seq_len=64,
+            eval_samples=3,
+            max_ppl_increase=1.0,
+            eval_humaneval=True,
+            eval_humaneval_limit=2,
+        )
+    )
     h = result.summary["quality"]["humaneval"]
     assert set(h) == {"fp", "quantized", "delta_pass@1"} and h["delta_pass@1"] == h["quantized"] - h["fp"]
     summary = json.loads((out / "humaneval-quantized" / "summary.json").read_text())

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from mft_train.balance import BalanceState, coba_step, floor_weights, selfpaced_step, slope, update_weights
 
 
@@ -87,13 +86,20 @@ def test_coba_training_logs_weights_and_resumes_exactly(llama_base, llama_tok, t
 
     import torch
     from helpers import train_config
-    from safetensors.torch import load_file
-
     from mft_train.api import train
     from mft_train.metrics import read_metrics
+    from safetensors.torch import load_file
 
-    kw = dict(loss_mode="coba", max_steps=10, save_every=4, eval_every=0, coba_warmup_steps=3, coba_history_length=4,
-              lora_dropout=0.0, save_limit=5)
+    kw = dict(
+        loss_mode="coba",
+        max_steps=10,
+        save_every=4,
+        eval_every=0,
+        coba_warmup_steps=3,
+        coba_history_length=4,
+        lora_dropout=0.0,
+        save_limit=5,
+    )
     straight = tmp_path / "straight"
     result = train(train_config(llama_base, llama_tok, straight, **kw))
     rows = [r for r in read_metrics(straight / "metrics.jsonl") if r["kind"] == "train"]

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 from helpers import format_folder, train_config
-
 from mft_core.config import config_to_dict
 from mft_core.errors import ConfigError
 from mft_train.launch import check_launch_environment
@@ -37,31 +36,64 @@ def uneven(llama_base, tmp_path_factory):
     from mft_data.api import TokenizeConfig, tokenize_folder
 
     tmp = tmp_path_factory.mktemp("dist")
-    tasks = {"common": [{"prompt": f"Add {i} to x", "answer": f"def f(x):\n    return x + {i}"} for i in range(5)],
-             "other": [{"prompt": f"Explain {i}", "answer": f"It returns {i} more." * (1 + i)} for i in range(2)],
-             "rare": [{"prompt": "Write max", "answer": "def m(a, b):\n    return a if a > b else b"}]}
+    tasks = {
+        "common": [{"prompt": f"Add {i} to x", "answer": f"def f(x):\n    return x + {i}"} for i in range(5)],
+        "other": [{"prompt": f"Explain {i}", "answer": f"It returns {i} more." * (1 + i)} for i in range(2)],
+        "rare": [{"prompt": "Write max", "answer": "def m(a, b):\n    return a if a > b else b"}],
+    }
     folder = format_folder(tmp / "data", tasks)
-    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(tmp / "tok"), seq_len=64,
-                                   mode="pad"))
+    tokenize_folder(
+        TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(tmp / "tok"), seq_len=64, mode="pad")
+    )
     return tmp / "tok"
 
 
 def write_config(path, base, data, **kw):
-    cfg = config_to_dict(train_config(base, data, path.parent / "unused", lora_dropout=0.0, max_steps=3, eval_every=0,
-                                      lr=1e-3, warmup_steps=0, loss_mode="task", micro_batch_size=2, **kw))
+    cfg = config_to_dict(
+        train_config(
+            base,
+            data,
+            path.parent / "unused",
+            lora_dropout=0.0,
+            max_steps=3,
+            eval_every=0,
+            lr=1e-3,
+            warmup_steps=0,
+            loss_mode="task",
+            micro_batch_size=2,
+            **kw,
+        )
+    )
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def run_single(config, out):
-    proc = subprocess.run([EXE, "run", str(config), "--set", f"output_dir={out}", "--set", "grad_accum=4"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [EXE, "run", str(config), "--set", f"output_dir={out}", "--set", "grad_accum=4"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def run_launch(config, out, strategy, *sets, check=True, **popen):
-    cmd = [EXE, "launch", str(config), "--nproc", "2", "--strategy", strategy, "--master-port", str(free_port()),
-           "--set", f"output_dir={out}", "--set", "grad_accum=2"] + [a for s in sets for a in ("--set", s)]
+    cmd = [
+        EXE,
+        "launch",
+        str(config),
+        "--nproc",
+        "2",
+        "--strategy",
+        strategy,
+        "--master-port",
+        str(free_port()),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "grad_accum=2",
+    ] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **popen)
     if check:
         assert proc.returncode == 0, proc.stderr[-5000:]
@@ -112,8 +144,21 @@ def test_kill_and_resume_equals_uninterrupted(reference, strategy, tmp_path):
     straight = tmp_path / "straight"
     run_launch(config, straight, strategy, *sets)
     out = tmp_path / "killed"
-    cmd = [EXE, "launch", str(config), "--nproc", "2", "--strategy", strategy, "--master-port", str(free_port()),
-           "--set", f"output_dir={out}", "--set", "grad_accum=2"] + [a for s in sets for a in ("--set", s)]
+    cmd = [
+        EXE,
+        "launch",
+        str(config),
+        "--nproc",
+        "2",
+        "--strategy",
+        strategy,
+        "--master-port",
+        str(free_port()),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "grad_accum=2",
+    ] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not (out / "checkpoint-2").is_dir():
@@ -145,24 +190,67 @@ def test_accelerate_cpu_fallback_is_refused_for_real(reference, tmp_path):
     """`accelerate launch --cpu --num_processes 2` really starts one process; the worker notices and refuses."""
     config, _ = reference
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    proc = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mft_train.worker", str(config),
-                           "--set", f"output_dir={tmp_path / 'acc'}"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "mft_train.worker",
+            str(config),
+            "--set",
+            f"output_dir={tmp_path / 'acc'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
     assert "started one" in proc.stderr + proc.stdout
     assert not (tmp_path / "acc" / "manifest.json").exists()
 
 
 def test_dry_run_prints_torchrun_and_accelerate_lines(tmp_path):
-    proc = subprocess.run([EXE, "launch", "cfg.yaml", "--nproc", "8", "--nnodes", "2", "--node-rank", "1",
-                           "--master-addr", "10.0.0.1", "--strategy", "zero3", "--offload", "params", "--dry-run"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            EXE,
+            "launch",
+            "cfg.yaml",
+            "--nproc",
+            "8",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.1",
+            "--strategy",
+            "zero3",
+            "--offload",
+            "params",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0
     assert "torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1" in proc.stdout
     assert "MFT_STRATEGY=zero3" in proc.stdout and "accelerate launch --use_deepspeed --zero_stage 3" in proc.stdout
-    bad = subprocess.run([EXE, "launch", "cfg.yaml", "--strategy", "zero2", "--offload", "params", "--dry-run"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [EXE, "launch", "cfg.yaml", "--strategy", "zero2", "--offload", "params", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "zero3" in bad.stderr
 
 
@@ -174,13 +262,20 @@ def test_coba_weights_are_the_same_on_every_rank_and_as_one_process(llama_base, 
     config = write_config(tmp_path / "cfg.yaml", llama_base, data)
     sets = ("loss_mode=coba", "coba_warmup_steps=2", "coba_history_length=3", "max_steps=5")
     single = tmp_path / "single"
-    proc = subprocess.run([EXE, "run", str(config), "--set", f"output_dir={single}", "--set", "grad_accum=4"]
-                          + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [EXE, "run", str(config), "--set", f"output_dir={single}", "--set", "grad_accum=4"]
+        + [a for s in sets for a in ("--set", s)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_launch(config, tmp_path / "ddp", "ddp", *sets)
 
     def weights(out):
-        return [json.loads(l)["task_weights"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+        return [
+            json.loads(l)["task_weights"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l
+        ]
 
     one, two = weights(single), weights(tmp_path / "ddp")
     assert len(one) == len(two) == 5 and one[-1] != pytest.approx(one[0])

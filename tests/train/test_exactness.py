@@ -3,7 +3,6 @@
 import pytest
 import torch
 from helpers import tokenized_folder
-
 from mft_core.families import FAMILIES, PRESETS
 from mft_train import attention
 from mft_train.batches import Rows, collate
@@ -43,8 +42,16 @@ def fresh_model(base, attn):
 
     torch.manual_seed(0)
     model = load(base, attn)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
-                                             target_modules=["q_proj", "v_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            init_lora_weights=False,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+        ),
+    )
     return model
 
 
@@ -57,8 +64,20 @@ def test_one_batch_of_8_equals_4_micro_batches_of_2(setup, mode, attn):
     results = {}
     for mbs, accum in ((8, 1), (2, 4)):
         engine = GradCapture(model, torch.optim.SGD(model.parameters(), lr=0.0), None)
-        parts = LoopParts(engine, rows, tasks, torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64), mode, mbs, accum,
-                          seed=3, pad_id=0, bf16=False, max_grad_norm=0.0, total_steps=1)
+        parts = LoopParts(
+            engine,
+            rows,
+            tasks,
+            torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64),
+            mode,
+            mbs,
+            accum,
+            seed=3,
+            pad_id=0,
+            bf16=False,
+            max_grad_norm=0.0,
+            total_steps=1,
+        )
         result = train_step(parts, step=0)
         results[(mbs, accum)] = (result, engine.grads)
     (r1, g1), (r2, g2) = results[(8, 1)], results[(2, 4)]
@@ -82,9 +101,9 @@ def test_packed_records_equal_records_alone(setup, attn):
         packed_logits = forward_logits(model, packed, bf16=False)[0]
         start = 0
         for n in seq_lens:
-            ids = packed.input_ids[:, start:start + n]
+            ids = packed.input_ids[:, start : start + n]
             alone = model(input_ids=ids, use_cache=False).logits[0]
-            assert torch.allclose(packed_logits[start:start + n], alone, atol=1e-5), f"record at {start} leaks"
+            assert torch.allclose(packed_logits[start : start + n], alone, atol=1e-5), f"record at {start} leaks"
             start += n
         # with the cache on, transformers skips packed-sequence detection: records see each other
         if attn != attention.NAME:
@@ -105,20 +124,25 @@ def test_varlen_attention_isolates_records_in_every_family(model_type):
         pytest.skip(f"{model_type}: attention has soft-capping, packed rows use the masked path")
     attention.register()
     sizes = {k: v for k, v in PRESETS["tiny"].items() if k != "vocab"}
-    config = AutoConfig.for_model(model_type, vocab_size=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                  **family.config_kwargs(sizes))
+    config = AutoConfig.for_model(
+        model_type, vocab_size=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **family.config_kwargs(sizes)
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME).eval()
     lens = [7, 12, 5]
     ids = torch.randint(3, 256, (1, sum(lens)))
     positions = torch.cat([torch.arange(n) for n in lens]).unsqueeze(0)
     with torch.no_grad():
-        packed = model(input_ids=ids, position_ids=positions, use_cache=False,
-                       **{attention.SEGMENTS_KWARG: attention.plan_segments(positions)}).logits[0]
+        packed = model(
+            input_ids=ids,
+            position_ids=positions,
+            use_cache=False,
+            **{attention.SEGMENTS_KWARG: attention.plan_segments(positions)},
+        ).logits[0]
         start = 0
         for n in lens:
-            alone = model(input_ids=ids[:, start:start + n], use_cache=False).logits[0]
-            assert torch.allclose(packed[start:start + n], alone, atol=1e-5), (model_type, start)
+            alone = model(input_ids=ids[:, start : start + n], use_cache=False).logits[0]
+            assert torch.allclose(packed[start : start + n], alone, atol=1e-5), (model_type, start)
             start += n
 
 

@@ -1,9 +1,7 @@
 """Loss maths against a naive loop-over-tasks reference, hand-computed cases and properties."""
 
-
 import pytest
 import torch
-
 from mft_train.loss import (
     IGNORE,
     MODES,
@@ -24,10 +22,10 @@ def make_targets(samples, width):
     for b, row in enumerate(samples):
         pos = 0
         for task, n in row:
-            labels[b, pos:pos + n + 1] = 1  # n supervised targets + one unsupervised (first token of next record)
+            labels[b, pos : pos + n + 1] = 1  # n supervised targets + one unsupervised (first token of next record)
             labels[b, pos] = IGNORE
-            tasks[b, pos:pos + n + 1] = task
-            sids[b, pos:pos + n + 1] = sid
+            tasks[b, pos : pos + n + 1] = task
+            sids[b, pos : pos + n + 1] = sid
             sid += 1
             pos += n + 1
         sids[b, pos:] = sid
@@ -54,7 +52,9 @@ def our_loss(mode, micro_batches, losses_per_mb, weights, n_tasks):
     counts = StepCounts(torch.zeros(n_tasks, dtype=torch.float64), torch.zeros(n_tasks, dtype=torch.float64))
     for t in micro_batches:
         counts = counts + count_targets(t, n_tasks)
-    return sum(micro_batch_loss(l, target_weights(mode, t, counts, weights)) for t, l in zip(micro_batches, losses_per_mb))
+    return sum(
+        micro_batch_loss(l, target_weights(mode, t, counts, weights)) for t, l in zip(micro_batches, losses_per_mb)
+    )
 
 
 ROWS = [[(0, 3), (1, 2)], [(1, 5)], [(2, 1), (0, 2), (0, 1)], [(0, 4)]]  # 4 rows, tasks unevenly spread
@@ -71,15 +71,15 @@ def test_matches_reference_for_any_micro_batching(mode, split):
     records, k = [], 0
     for row in ROWS:
         for task, n in row:
-            records.append((task, flat_losses[k:k + n]))
+            records.append((task, flat_losses[k : k + n]))
             k += n
     expected = reference_loss(mode, records, {i: w for i, w in enumerate(weights.tolist())})
     mbs, losses, start, k = [], [], 0, 0
     for size in split:
-        t = make_targets(ROWS[start:start + size], 12)
+        t = make_targets(ROWS[start : start + size], 12)
         n = int(t.mask.sum())
         mbs.append(t)
-        losses.append(flat_losses[k:k + n])
+        losses.append(flat_losses[k : k + n])
         start, k = start + size, k + n
     assert torch.allclose(our_loss(mode, mbs, losses, weights, 3), expected, atol=1e-12)
 
@@ -106,8 +106,9 @@ def test_properties():
     w = torch.ones(3, dtype=torch.float64)
     # one task: task == token and task-sample == sample
     assert torch.allclose(our_loss("task", [one_task], [losses], w, 3), our_loss("token", [one_task], [losses], w, 3))
-    assert torch.allclose(our_loss("task-sample", [one_task], [losses], w, 3),
-                          our_loss("sample", [one_task], [losses], w, 3))
+    assert torch.allclose(
+        our_loss("task-sample", [one_task], [losses], w, 3), our_loss("sample", [one_task], [losses], w, 3)
+    )
     # equal weights: the plain mean of task means; scaling all weights changes nothing
     multi = make_targets(ROWS, 12)
     l = torch.rand(int(multi.mask.sum()), dtype=torch.float64)

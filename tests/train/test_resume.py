@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 from helpers import train_config
-
 from mft_core.config import config_to_dict
 
 KILLER = textwrap.dedent("""
@@ -49,8 +48,9 @@ def adapter_weights(out):
 
 
 def test_killed_and_resumed_equals_uninterrupted(llama_base, llama_tok, tmp_path):
-    cfg = config_to_dict(train_config(llama_base, llama_tok, tmp_path / "x", max_steps=12, save_every=3, eval_every=4,
-                                      save_limit=3))
+    cfg = config_to_dict(
+        train_config(llama_base, llama_tok, tmp_path / "x", max_steps=12, save_every=3, eval_every=4, save_limit=3)
+    )
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
 

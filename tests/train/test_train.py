@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from helpers import train_config
-
 from mft_core.errors import ConfigError, ContractError
 from mft_core.manifest import read_manifest
 from mft_train.api import train
@@ -66,8 +65,21 @@ def test_qlora_on_cpu(llama_base, llama_tok, tmp_path):
 def test_early_stopping_keeps_best(llama_base, llama_tok, tmp_path):
     out = tmp_path / "early"
     # a huge lr makes valid loss rise after the first eval, so patience 1 stops it
-    result = train(train_config(llama_base, llama_tok, out, lr=0.5, max_steps=40, eval_every=2, early_stop_patience=1,
-                                optimizer="sgd", max_grad_norm=0.0, lr_schedule="constant", warmup_steps=0))
+    result = train(
+        train_config(
+            llama_base,
+            llama_tok,
+            out,
+            lr=0.5,
+            max_steps=40,
+            eval_every=2,
+            early_stop_patience=1,
+            optimizer="sgd",
+            max_grad_norm=0.0,
+            lr_schedule="constant",
+            warmup_steps=0,
+        )
+    )
     s = result.summary
     if s["stopped_early"]:
         assert s["steps"] < 40 and (out / "best" / "adapter_model.safetensors").is_file()
@@ -111,12 +123,20 @@ def test_pretrain_on_raw_code(llama_base, tmp_path):
     for i in range(6):
         (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 30)
     out = tmp_path / "pre"
-    result = train(train_config(llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6,
-                                eval_every=0, lr=1e-3), kind="pretrain")
+    result = train(
+        train_config(
+            llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3
+        ),
+        kind="pretrain",
+    )
     assert result.summary["tasks"] == ["text"]
     assert (out / "model" / "model.safetensors").is_file()
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
     assert losses[-1] < losses[0]
-    again = train(train_config(llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6,
-                               eval_every=0, lr=1e-3), kind="pretrain")
+    again = train(
+        train_config(
+            llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3
+        ),
+        kind="pretrain",
+    )
     assert again.up_to_date

@@ -26,10 +26,13 @@ def resolve_model_dir(path: str | Path) -> Path:
         if sub and (path / sub / "config.json").is_file():
             return path / sub
         if manifest.kind == "adapter":
-            raise ContractError(f"{path} holds a LoRA adapter, not a model",
-                                fix=f"merge it first: mft-merge {path} --out MERGED")
-    raise ContractError(f"{path}: no model here (no config.json, no model/ subfolder named in a manifest)",
-                        fix="pass a Hugging Face model folder or an MFT model output")
+            raise ContractError(
+                f"{path} holds a LoRA adapter, not a model", fix=f"merge it first: mft-merge {path} --out MERGED"
+            )
+    raise ContractError(
+        f"{path}: no model here (no config.json, no model/ subfolder named in a manifest)",
+        fix="pass a Hugging Face model folder or an MFT model output",
+    )
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
@@ -41,8 +44,10 @@ def resolve_adapter_dir(path: str | Path) -> Path:
         sub = read_manifest(path).summary.get("paths", {}).get("adapter")
         if sub and (path / sub / "adapter_config.json").is_file():
             return path / sub
-    raise ContractError(f"{path}: no LoRA adapter here (no adapter_config.json, no adapter/ named in a manifest)",
-                        fix="pass the output_dir of `mft-train run` (with peft: lora or qlora) or a PEFT adapter folder")
+    raise ContractError(
+        f"{path}: no LoRA adapter here (no adapter_config.json, no adapter/ named in a manifest)",
+        fix="pass the output_dir of `mft-train run` (with peft: lora or qlora) or a PEFT adapter folder",
+    )
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
@@ -83,5 +88,7 @@ def load_tokenizer(path: str | Path):
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise ContractError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})",
-                            fix="pass a model or tokenizer folder (with tokenizer.json) or a hub id") from None
+        raise ContractError(
+            f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})",
+            fix="pass a model or tokenizer folder (with tokenizer.json) or a hub id",
+        ) from None

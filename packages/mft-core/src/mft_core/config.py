@@ -10,8 +10,9 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -58,8 +59,10 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             return value.lower() in ("true", "yes", "1", "on")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
-            isinstance(value, str) and not value.strip().lstrip("-").isdigit()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, str))
+            or (isinstance(value, str) and not value.strip().lstrip("-").isdigit())
         ):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)

@@ -12,8 +12,9 @@ DIR/<task>/rejects.jsonl     lines skipped by `mft-data format --skip-invalid`, 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from .errors import ContractError, InputError
 from .manifest import read_manifest

@@ -8,9 +8,10 @@ target-module mapping (peft/utils/constants.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 from .errors import ConfigError
 
@@ -80,40 +81,105 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
     {
         row.model_type: row
         for row in (
-            _f("llama", lora_targets=_LLAMA_TARGETS, bos_is_marker=True, source=_HF + "llama",
-               notes="CodeLlama; no pad token in released tokenizers, so a dedicated pad is added."),
+            _f(
+                "llama",
+                lora_targets=_LLAMA_TARGETS,
+                bos_is_marker=True,
+                source=_HF + "llama",
+                notes="CodeLlama; no pad token in released tokenizers, so a dedicated pad is added.",
+            ),
             _f("mistral", lora_targets=_LLAMA_TARGETS, bos_is_marker=True, source=_HF + "mistral"),
-            _f("mixtral", lora_targets=_ATTN_TARGETS, bos_is_marker=True, source=_HF + "mixtral",
-               tiny_extra={"num_local_experts": 4, "num_experts_per_tok": 2},
-               notes="transformers 5 stores experts as fused 3D parameters, not nn.Linear: LoRA targets attention."),
-            _f("qwen2", lora_targets=_LLAMA_TARGETS, pad_policy="dedicated", tied_embeddings=True,
-               source=_HF + "qwen2", tiny_extra={"use_sliding_window": False},
-               notes="Qwen2.5-Coder: EOS <|im_end|> (instruct) or <|endoftext|> (base), pad <|endoftext|>."),
-            _f("qwen3", lora_targets=_LLAMA_TARGETS, tied_embeddings=True, source=_HF + "qwen3",
-               tiny_extra={"head_dim": 32, "use_sliding_window": False}),
-            _f("starcoder2", lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
-               tied_embeddings=True, source=_HF + "starcoder2",
-               notes="MLP is c_fc/c_proj; EOS <|endoftext|> is also used as pad."),
-            _f("gpt_bigcode", lora_targets=("c_attn", "c_proj", "c_fc"), tied_embeddings=True,
-               size_keys=MappingProxyType({"hidden": "n_embd", "layers": "n_layer", "heads": "n_head",
-                                           "kv_heads": None, "intermediate": "n_inner",
-                                           "max_positions": "n_positions"}),
-               tiny_extra={"multi_query": True}, source=_HF + "gpt_bigcode",
-               notes="StarCoder(1)/SantaCoder, CodeFuse-13B lineage; fused c_attn, multi-query attention."),
-            _f("gpt_neox", lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
-               size_keys=MappingProxyType({**_STD_KEYS, "kv_heads": None}), source=_HF + "gpt_neox",
-               notes="Pythia/CodeFuse-13B style fused query_key_value."),
-            _f("phi3", lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), source=_HF + "phi3",
-               notes="Fused qkv_proj and gate_up_proj."),
-            _f("gemma2", lora_targets=_LLAMA_TARGETS, tied_embeddings=True, source=_HF + "gemma2", packed_sdpa=False,
-               tiny_extra={"head_dim": 32, "sliding_window": 64},
-               notes="Uses <bos>; logit soft-capping; eager attention recommended by HF for training."),
-            _f("deepseek_v3", lora_targets=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
-               bos_is_marker=False, source=_HF + "deepseek_v3",
-               tiny_extra={"q_lora_rank": 64, "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16,
-                           "v_head_dim": 32, "n_routed_experts": 4, "num_experts_per_tok": 2, "n_group": 1,
-                           "topk_group": 1, "moe_intermediate_size": 128, "first_k_dense_replace": 1},
-               notes="MLA attention; routed experts are fused parameters, so LoRA targets the attention linears."),
+            _f(
+                "mixtral",
+                lora_targets=_ATTN_TARGETS,
+                bos_is_marker=True,
+                source=_HF + "mixtral",
+                tiny_extra={"num_local_experts": 4, "num_experts_per_tok": 2},
+                notes="transformers 5 stores experts as fused 3D parameters, not nn.Linear: LoRA targets attention.",
+            ),
+            _f(
+                "qwen2",
+                lora_targets=_LLAMA_TARGETS,
+                pad_policy="dedicated",
+                tied_embeddings=True,
+                source=_HF + "qwen2",
+                tiny_extra={"use_sliding_window": False},
+                notes="Qwen2.5-Coder: EOS <|im_end|> (instruct) or <|endoftext|> (base), pad <|endoftext|>.",
+            ),
+            _f(
+                "qwen3",
+                lora_targets=_LLAMA_TARGETS,
+                tied_embeddings=True,
+                source=_HF + "qwen3",
+                tiny_extra={"head_dim": 32, "use_sliding_window": False},
+            ),
+            _f(
+                "starcoder2",
+                lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
+                tied_embeddings=True,
+                source=_HF + "starcoder2",
+                notes="MLP is c_fc/c_proj; EOS <|endoftext|> is also used as pad.",
+            ),
+            _f(
+                "gpt_bigcode",
+                lora_targets=("c_attn", "c_proj", "c_fc"),
+                tied_embeddings=True,
+                size_keys=MappingProxyType(
+                    {
+                        "hidden": "n_embd",
+                        "layers": "n_layer",
+                        "heads": "n_head",
+                        "kv_heads": None,
+                        "intermediate": "n_inner",
+                        "max_positions": "n_positions",
+                    }
+                ),
+                tiny_extra={"multi_query": True},
+                source=_HF + "gpt_bigcode",
+                notes="StarCoder(1)/SantaCoder, CodeFuse-13B lineage; fused c_attn, multi-query attention.",
+            ),
+            _f(
+                "gpt_neox",
+                lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+                size_keys=MappingProxyType({**_STD_KEYS, "kv_heads": None}),
+                source=_HF + "gpt_neox",
+                notes="Pythia/CodeFuse-13B style fused query_key_value.",
+            ),
+            _f(
+                "phi3",
+                lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+                source=_HF + "phi3",
+                notes="Fused qkv_proj and gate_up_proj.",
+            ),
+            _f(
+                "gemma2",
+                lora_targets=_LLAMA_TARGETS,
+                tied_embeddings=True,
+                source=_HF + "gemma2",
+                packed_sdpa=False,
+                tiny_extra={"head_dim": 32, "sliding_window": 64},
+                notes="Uses <bos>; logit soft-capping; eager attention recommended by HF for training.",
+            ),
+            _f(
+                "deepseek_v3",
+                lora_targets=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
+                bos_is_marker=False,
+                source=_HF + "deepseek_v3",
+                tiny_extra={
+                    "q_lora_rank": 64,
+                    "kv_lora_rank": 64,
+                    "qk_rope_head_dim": 16,
+                    "qk_nope_head_dim": 16,
+                    "v_head_dim": 32,
+                    "n_routed_experts": 4,
+                    "num_experts_per_tok": 2,
+                    "n_group": 1,
+                    "topk_group": 1,
+                    "moe_intermediate_size": 128,
+                    "first_k_dense_replace": 1,
+                },
+                notes="MLA attention; routed experts are fused parameters, so LoRA targets the attention linears.",
+            ),
         )
     }
 )
@@ -122,12 +188,39 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
 # and GPTQ group size 128 both work.
 PRESETS: Mapping[str, Mapping[str, int]] = MappingProxyType(
     {
-        "tiny": MappingProxyType({"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 256,
-                                  "max_positions": 2048, "vocab": 4096}),
-        "small": MappingProxyType({"hidden": 256, "layers": 4, "heads": 4, "kv_heads": 2, "intermediate": 768,
-                                   "max_positions": 2048, "vocab": 8192}),
-        "base": MappingProxyType({"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "intermediate": 1536,
-                                  "max_positions": 4096, "vocab": 16384}),
+        "tiny": MappingProxyType(
+            {
+                "hidden": 128,
+                "layers": 2,
+                "heads": 4,
+                "kv_heads": 2,
+                "intermediate": 256,
+                "max_positions": 2048,
+                "vocab": 4096,
+            }
+        ),
+        "small": MappingProxyType(
+            {
+                "hidden": 256,
+                "layers": 4,
+                "heads": 4,
+                "kv_heads": 2,
+                "intermediate": 768,
+                "max_positions": 2048,
+                "vocab": 8192,
+            }
+        ),
+        "base": MappingProxyType(
+            {
+                "hidden": 512,
+                "layers": 8,
+                "heads": 8,
+                "kv_heads": 4,
+                "intermediate": 1536,
+                "max_positions": 4096,
+                "vocab": 16384,
+            }
+        ),
     }
 )
 

@@ -13,10 +13,11 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from .errors import ConfigError, ContractError
 
@@ -74,7 +75,7 @@ class InputRef:
     sha256: str | None = None
 
     @staticmethod
-    def of(path: str | os.PathLike) -> "InputRef":
+    def of(path: str | os.PathLike) -> InputRef:
         """Describe ``path``: by its manifest when it has one, else by content hash (files) or listing hash."""
         p = Path(path)
         if p.is_dir() and (p / MANIFEST_NAME).is_file():
@@ -83,9 +84,7 @@ class InputRef:
         if p.is_file():
             return InputRef(str(p.resolve()), None, None, sha256_file(p))
         if p.is_dir():
-            listing = sorted(
-                (str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*") if f.is_file()
-            )
+            listing = sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*") if f.is_file())
             return InputRef(str(p.resolve()), None, None, sha256_bytes(canonical_json(listing).encode()))
         raise ContractError(f"input not found: {p}")
 
@@ -144,7 +143,7 @@ def new_manifest(
     inputs = tuple(inputs)
     config = json.loads(canonical_json(config))
     fingerprint = compute_fingerprint(kind, tool, version, config, inputs)
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     draft = Manifest(kind, tool, version, config, inputs, dict(summary or {}), created, fingerprint, "")
     manifest_id = sha256_bytes(canonical_json(draft.to_dict()).encode())[:16]
     return dataclasses.replace(draft, id=manifest_id)
@@ -181,7 +180,9 @@ def manifest_from_dict(data: dict[str, Any]) -> Manifest:
     return Manifest(**{k: v for k, v in data.items() if k in known and k != "inputs"}, inputs=inputs)
 
 
-def read_manifest(folder: str | os.PathLike, expect: str | tuple[str, ...] | None = None, *, made_by: str = "") -> Manifest:
+def read_manifest(
+    folder: str | os.PathLike, expect: str | tuple[str, ...] | None = None, *, made_by: str = ""
+) -> Manifest:
     """Read a folder's manifest, checking its kind.
 
     Args:

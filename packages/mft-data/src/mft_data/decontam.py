@@ -8,7 +8,7 @@ Evol-Instruct-Code-66k was cleaned (n-gram overlap with HumanEval), made into a 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 _WORD = re.compile(r"\w+")
 

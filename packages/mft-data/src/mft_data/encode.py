@@ -13,11 +13,11 @@ leading "▁" that the model never sees at inference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from mft_core.errors import ConfigError, InputError
 from mft_core.templates import DEFAULT_CHAT_TEMPLATE
 
@@ -66,8 +66,10 @@ class ChatEncoder:
                 fix="set eos_token in tokenizer_config.json (or use a tokenizer that has one)",
             )
         if not getattr(tokenizer, "is_fast", False):
-            raise ConfigError("mft-data needs a fast (Rust) tokenizer for character offsets",
-                              fix="save the tokenizer with tokenizer.json (AutoTokenizer(..., use_fast=True))")
+            raise ConfigError(
+                "mft-data needs a fast (Rust) tokenizer for character offsets",
+                fix="save the tokenizer with tokenizer.json (AutoTokenizer(..., use_fast=True))",
+            )
         self.tokenizer = tokenizer
         self.template = chat_template or chat_template_of(tokenizer)
         self.eos = tokenizer.eos_token
@@ -81,10 +83,22 @@ class ChatEncoder:
             return []
         if self._compiled is not None:
             render = self._compiled.render
-            return [render(messages=c, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
-                           **self._template_vars) for c in conversations]
-        return self.tokenizer.apply_chat_template(list(conversations), chat_template=self.template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+            return [
+                render(
+                    messages=c,
+                    tools=None,
+                    documents=None,
+                    add_generation_prompt=add_generation_prompt,
+                    **self._template_vars,
+                )
+                for c in conversations
+            ]
+        return self.tokenizer.apply_chat_template(
+            list(conversations),
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
 
     def supervised_spans(self, records: Sequence[dict[str, Any]], texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """Character spans (start, end) of each assistant content plus its EOS, per record."""
@@ -143,8 +157,9 @@ class ChatEncoder:
     def _encode_pieces(self, text: str, spans: list[tuple[int, int]]) -> Encoded:
         cuts = sorted({0, len(text)} | {start for start, _ in spans})
         bounds = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        encodings = self.tokenizer.backend_tokenizer.encode_batch([text[a:b] for a, b in bounds],
-                                                                  add_special_tokens=False)
+        encodings = self.tokenizer.backend_tokenizer.encode_batch(
+            [text[a:b] for a, b in bounds], add_special_tokens=False
+        )
         ids = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encodings] or [np.zeros(0, np.int32)])
         parts, base = [], 0
         for encoding, (a, b) in zip(encodings, bounds):

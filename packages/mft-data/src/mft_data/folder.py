@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from mft_core.manifest import InputRef, has_manifest, new_manifest, read_manifest, write_manifest, write_text_atomic
 
@@ -20,8 +21,9 @@ def load_summary(folder: Path) -> tuple[dict[str, Any], tuple[InputRef, ...]]:
     return dict(manifest.summary), manifest.inputs
 
 
-def update_folder_manifest(folder: Path, mutate: Callable[[dict[str, Any]], None],
-                           new_inputs: Iterable[InputRef] = ()) -> None:
+def update_folder_manifest(
+    folder: Path, mutate: Callable[[dict[str, Any]], None], new_inputs: Iterable[InputRef] = ()
+) -> None:
     """Apply ``mutate`` to the folder summary and write a fresh manifest (last, atomically)."""
     summary, inputs = load_summary(folder)
     mutate(summary)

@@ -11,8 +11,9 @@ Formats (``--from``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from mft_core.schema import ROLE_ALIASES
 
@@ -150,7 +151,7 @@ class Remap:
     pairs: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
-    def parse(items: list[str] | tuple[str, ...]) -> "Remap":
+    def parse(items: list[str] | tuple[str, ...]) -> Remap:
         pairs = []
         for item in items:
             if "=" not in item:

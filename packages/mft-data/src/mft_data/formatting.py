@@ -38,20 +38,37 @@ class _Rejects:
 
     def add(self, row: Row, field_name: str | None, message: str) -> None:
         if not self.skip:
-            raise InputError(f"{row.where}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside")
-        self.rows.append({"file": row.file, "line": row.line, "field": field_name, "reason": message,
-                          "raw": row.data if row.error is None else None})
+            raise InputError(
+                f"{row.where}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside"
+            )
+        self.rows.append(
+            {
+                "file": row.file,
+                "line": row.line,
+                "field": field_name,
+                "reason": message,
+                "raw": row.data if row.error is None else None,
+            }
+        )
 
 
 def _unknown_format(row: Row, keys: set[str]) -> InputError:
     return InputError(
         f"{row.where}: cannot tell the format from fields {sorted(keys)}",
-        fix=f"pass --from one of {', '.join(FORMATS)}, or rename fields with --map SRC=DST (e.g. --map solution=answer)",
+        fix=f"pass --from one of {', '.join(FORMATS)}, or rename fields with --map SRC=DST "
+        "(e.g. --map solution=answer)",
     )
 
 
-def _convert_file(path: str, cfg: FormatConfig, remap: Remap, rejects: _Rejects, out: list, result: FormatResult,
-                  seen_ids: dict[str, str]) -> None:
+def _convert_file(
+    path: str,
+    cfg: FormatConfig,
+    remap: Remap,
+    rejects: _Rejects,
+    out: list,
+    result: FormatResult,
+    seen_ids: dict[str, str],
+) -> None:
     fixed_format = None if cfg.source_format == "auto" else cfg.source_format
     for row in read_rows(path):
         if row.error is not None:
@@ -73,12 +90,20 @@ def _convert_file(path: str, cfg: FormatConfig, remap: Remap, rejects: _Rejects,
             rejects.add(row, exc.field, exc.message)
             continue
         raw_id = data.get("id", data.get("task_id"))
-        rid = str(raw_id) if isinstance(raw_id, (str, int)) and str(raw_id) else f"{cfg.task}-{len(out) + len(rejects.rows):07d}"
+        rid = (
+            str(raw_id)
+            if isinstance(raw_id, (str, int)) and str(raw_id)
+            else f"{cfg.task}-{len(out) + len(rejects.rows):07d}"
+        )
         if rid in seen_ids:
             rejects.add(row, "id", f"duplicate id {rid!r} (first seen at {seen_ids[rid]})")
             continue
-        record = {"id": rid, "task": cfg.task, "chat_rounds": rounds,
-                  "meta": {"source": os.path.basename(row.file), "line": row.line, "format": fmt}}
+        record = {
+            "id": rid,
+            "task": cfg.task,
+            "chat_rounds": rounds,
+            "meta": {"source": os.path.basename(row.file), "line": row.line, "format": fmt},
+        }
         problems = validate_record(record)
         if problems:
             rejects.add(row, problems[0].field, "; ".join(p.message for p in problems))
@@ -110,23 +135,31 @@ def format_task(cfg: FormatConfig) -> FormatResult:
         result.records, result.rejected, result.up_to_date = existing["records"], existing.get("rejected", 0), True
         return result
     if existing and not cfg.overwrite:
-        raise ConfigError(f"task '{cfg.task}' already exists in {folder} (from other inputs or settings)",
-                          fix="pass --overwrite to replace it, or choose another --task")
+        raise ConfigError(
+            f"task '{cfg.task}' already exists in {folder} (from other inputs or settings)",
+            fix="pass --overwrite to replace it, or choose another --task",
+        )
 
     rejects, records, seen = _Rejects(cfg.skip_invalid), [], {}
     for path in cfg.inputs:
         _convert_file(path, cfg, remap, rejects, records, result, seen)
     if not records:
         raise InputError(
-            f"no usable record in {', '.join(cfg.inputs)}" + (f" ({len(rejects.rows)} rejected)" if rejects.rows else " (empty input)"),
+            f"no usable record in {', '.join(cfg.inputs)}"
+            + (f" ({len(rejects.rows)} rejected)" if rejects.rows else " (empty input)"),
             fix="check the files (see rejects with --skip-invalid)",
         )
     result.records, result.rejected = len(records), len(rejects.rows)
     _write_task_dir(folder, cfg.task, records, rejects.rows)
 
     def mutate(s: dict[str, Any]) -> None:
-        s["tasks"][cfg.task] = {"records": len(records), "rejected": len(rejects.rows), "formats": result.formats,
-                                "fingerprint": fingerprint, "config": task_config}
+        s["tasks"][cfg.task] = {
+            "records": len(records),
+            "rejected": len(rejects.rows),
+            "formats": result.formats,
+            "fingerprint": fingerprint,
+            "config": task_config,
+        }
         s.pop("split", None)  # a changed task invalidates an earlier split
         if s.get("decontamination"):
             s["decontamination"].pop(cfg.task, None)

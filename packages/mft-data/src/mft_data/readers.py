@@ -10,9 +10,10 @@ import csv
 import gzip
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mft_core.errors import InputError
 
@@ -127,7 +128,9 @@ def _read_csv(path: Path) -> Iterator[Row]:
         try:
             text = handle.read().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 (byte offset {exc.start})", fix="re-encode the file as UTF-8") from None
+            raise InputError(
+                f"{path}: not UTF-8 (byte offset {exc.start})", fix="re-encode the file as UTF-8"
+            ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     start = 2  # the header is line 1; a row may span several lines when a field holds newlines
     for item in reader:

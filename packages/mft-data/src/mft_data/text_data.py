@@ -8,12 +8,11 @@ A hash-chosen share of documents is held out as the valid split.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
-
 from mft_core.artifacts import load_tokenizer
 from mft_core.errors import InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest, sha256_bytes
@@ -52,8 +51,11 @@ def text_files(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) 
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
-                            and not SKIP_DIRS & set(p.relative_to(path).parts[:-1]))
+            files += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix in TEXT_SUFFIXES and not SKIP_DIRS & set(p.relative_to(path).parts[:-1])
+            )
         else:
             raise InputError(f"{src}: no such file or folder")
     if max_files:
@@ -67,7 +69,9 @@ def text_files(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) 
             total += f.stat().st_size
         files = kept
     if not files:
-        raise InputError(f"no text files found in {', '.join(sources)}", fix=f"use files ending in {', '.join(TEXT_SUFFIXES)}")
+        raise InputError(
+            f"no text files found in {', '.join(sources)}", fix=f"use files ending in {', '.join(TEXT_SUFFIXES)}"
+        )
     return files
 
 
@@ -88,11 +92,20 @@ def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], 
     """Write a tokenized-data folder (single task ``text``) from raw files; returns its manifest."""
     files = text_files(cfg.sources, cfg.max_files, cfg.max_mb)
     listing = [(str(f), f.stat().st_size) for f in files]
-    config = {"sources": [str(Path(s).resolve()) for s in cfg.sources], "files": len(files), "max_mb": cfg.max_mb,
-              "seq_len": cfg.seq_len,
-              "valid_ratio": cfg.valid_ratio, "seed": cfg.seed, "mode": "pack", "kind": "text"}
-    inputs = (InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode())),
-              tokenizer_ref(cfg.tokenizer))
+    config = {
+        "sources": [str(Path(s).resolve()) for s in cfg.sources],
+        "files": len(files),
+        "max_mb": cfg.max_mb,
+        "seq_len": cfg.seq_len,
+        "valid_ratio": cfg.valid_ratio,
+        "seed": cfg.seed,
+        "mode": "pack",
+        "kind": "text",
+    }
+    inputs = (
+        InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode())),
+        tokenizer_ref(cfg.tokenizer),
+    )
     probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)
     if is_up_to_date(cfg.out, probe.fingerprint):
         return read_manifest(cfg.out)
@@ -123,11 +136,22 @@ def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], 
             table, fill = build_rows(items, [0] * len(items), cfg.seq_len, "pack")
             save_rows(table, staging.path / split, probe.fingerprint + split)
             tokens = int(sum(len(e) for e in items))
-            summary["splits"][split] = {"rows": table.num_rows, "records": len(items), "fill_rate": round(fill, 4),
-                                        "tokens": tokens}
-            summary["tasks"][split] = {"text": {"records": len(items), "tokens": tokens,
-                                                "supervised_tokens": int(sum(e.supervised for e in items)),
-                                                "truncated": 0, "dropped": 0, "dropped_ids": []}}
+            summary["splits"][split] = {
+                "rows": table.num_rows,
+                "records": len(items),
+                "fill_rate": round(fill, 4),
+                "tokens": tokens,
+            }
+            summary["tasks"][split] = {
+                "text": {
+                    "records": len(items),
+                    "tokens": tokens,
+                    "supervised_tokens": int(sum(e.supervised for e in items)),
+                    "truncated": 0,
+                    "dropped": 0,
+                    "dropped_ids": [],
+                }
+            }
         (staging.path / "tasks.json").write_text(json.dumps({"tasks": ["text"]}) + "\n", encoding="utf-8")
         manifest = new_manifest("tokenized-data", TOOL, __version__, config, inputs, summary)
         staging.finish(manifest)

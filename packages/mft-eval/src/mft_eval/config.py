@@ -88,9 +88,11 @@ class HumanEvalConfig(ExecutionSettings):
         if self.temperature < 0:
             raise ConfigError(f"--temperature {self.temperature}: must be >= 0 (0 means greedy)")
         if self.n_samples > 1 and self.temperature == 0:
-            raise ConfigError(f"--n-samples {self.n_samples} with --temperature 0: greedy decoding gives "
-                              "the same completion every time",
-                              fix="pass --temperature 0.8 (and --top-p 0.95) to sample")
+            raise ConfigError(
+                f"--n-samples {self.n_samples} with --temperature 0: greedy decoding gives "
+                "the same completion every time",
+                fix="pass --temperature 0.8 (and --top-p 0.95) to sample",
+            )
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p {self.top_p}: must be in (0, 1]")
         if self.max_new_tokens < 1 or self.batch_size < 1:

@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from mft_core.errors import InputError
 
@@ -86,8 +87,11 @@ def convert(path: str | Path, source_format: SourceFormat, problems: dict[str, d
     elif source_format == "prompt-samples":
         rows = []
         for lineno, obj in read_jsonl(path):
-            if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("samples"), list) or not all(
-                    isinstance(s, str) for s in obj["samples"]):
+            if (
+                not isinstance(obj.get("prompt"), str)
+                or not isinstance(obj.get("samples"), list)
+                or not all(isinstance(s, str) for s in obj["samples"])
+            ):
                 raise InputError(f"{path}:{lineno}: expected {{'prompt': str, 'samples': [str, ...]}}")
             rows.append(obj)
         task_ids = match_prompts([r["prompt"] for r in rows], problems, str(path))

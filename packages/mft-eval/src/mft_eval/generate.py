@@ -9,9 +9,9 @@ attention mask and position ids counted from each prompt's first real token.
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from mft_core.errors import ConfigError, ContractError
 
@@ -38,8 +38,9 @@ def load_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
-        raise ContractError(f"{model_dir}: cannot load a tokenizer ({exc})",
-                            fix="pass a model folder that has its tokenizer files") from exc
+        raise ContractError(
+            f"{model_dir}: cannot load a tokenizer ({exc})", fix="pass a model folder that has its tokenizer files"
+        ) from exc
 
 
 def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prompting:
@@ -52,8 +53,10 @@ def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prom
     if cfg.prompt == "chat":
         template = getattr(tokenizer, "chat_template", None)
         if not template:
-            raise ConfigError(f"{cfg.model}: the tokenizer has no chat template, so --prompt chat cannot be used",
-                              fix="pass --prompt completion (base models), or a fine-tuned model")
+            raise ConfigError(
+                f"{cfg.model}: the tokenizer has no chat template, so --prompt chat cannot be used",
+                fix="pass --prompt completion (base models), or a fine-tuned model",
+            )
         texts = []
         for problem in problems:
             messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
@@ -71,8 +74,9 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def generate_hf(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig,
-                on_progress: Progress | None = None) -> list[list[str]]:
+def generate_hf(
+    model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig, on_progress: Progress | None = None
+) -> list[list[str]]:
     """Raw outputs (``n_samples`` per prompt) from ``transformers`` generate, ``batch_size`` sequences at a time."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -81,7 +85,8 @@ def generate_hf(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEval
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-        cfg.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        cfg.dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32
+    )
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
     except (OSError, ValueError) as exc:
@@ -95,23 +100,33 @@ def generate_hf(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEval
     order = sorted(range(len(wanted)), key=lambda j: (-lengths[wanted[j]], j))
     outputs: list[str] = [""] * len(wanted)
     sampling = cfg.temperature > 0
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
+    kwargs = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=sampling,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p) if sampling else kwargs.update(
-        temperature=None, top_p=None, top_k=None)
+        temperature=None, top_p=None, top_k=None
+    )
     if prompting.stop:
         kwargs.update(stop_strings=list(prompting.stop), tokenizer=tokenizer)
     torch.manual_seed(cfg.seed)
     for start in range(0, len(order), cfg.batch_size):
-        batch = order[start:start + cfg.batch_size]
-        enc = tokenizer([prompting.texts[wanted[j]] for j in batch], return_tensors="pt", padding=True,
-                        add_special_tokens=prompting.add_special_tokens).to(device)
+        batch = order[start : start + cfg.batch_size]
+        enc = tokenizer(
+            [prompting.texts[wanted[j]] for j in batch],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=prompting.add_special_tokens,
+        ).to(device)
         # Positions count from each prompt's first real token, so left padding changes nothing.
         position_ids = (enc.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                                 position_ids=position_ids, **kwargs)
-        texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=position_ids, **kwargs
+            )
+        texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
         for j, text in zip(batch, texts):
             outputs[j] = text
         if on_progress:
@@ -122,21 +137,31 @@ def generate_hf(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEval
     return grouped
 
 
-def generate_vllm(model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig,
-                  on_progress: Progress | None = None) -> list[list[str]]:
+def generate_vllm(
+    model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig, on_progress: Progress | None = None
+) -> list[list[str]]:
     """Raw outputs from vLLM (GPU). The prompt token ids are passed so both backends see the same tokens."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as exc:
-        raise ConfigError("--backend vllm needs the vllm package, which is not installed here",
-                          fix="pip install vllm on a GPU machine, or use --backend hf") from exc
+        raise ConfigError(
+            "--backend vllm needs the vllm package, which is not installed here",
+            fix="pip install vllm on a GPU machine, or use --backend hf",
+        ) from exc
     dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
     llm = LLM(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=cfg.seed)
-    params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature,
-                            top_p=cfg.top_p if cfg.temperature > 0 else 1.0, max_tokens=cfg.max_new_tokens,
-                            stop=list(prompting.stop) or None, seed=cfg.seed)
-    requests = [{"prompt_token_ids": tokenizer(t, add_special_tokens=prompting.add_special_tokens).input_ids}
-                for t in prompting.texts]
+    params = SamplingParams(
+        n=cfg.n_samples,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+        max_tokens=cfg.max_new_tokens,
+        stop=list(prompting.stop) or None,
+        seed=cfg.seed,
+    )
+    requests = [
+        {"prompt_token_ids": tokenizer(t, add_special_tokens=prompting.add_special_tokens).input_ids}
+        for t in prompting.texts
+    ]
     results = llm.generate(requests, params)
     if on_progress:
         on_progress(len(prompting.texts) * cfg.n_samples)

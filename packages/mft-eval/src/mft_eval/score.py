@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -51,6 +51,9 @@ def summarize(counts: Mapping[str, tuple[int, int]], ks: Iterable[int]) -> dict:
         entry = {"n": n, "correct": c}
         entry.update({f"pass@{k}": pass_at_k(n, c, k) for k in usable})
         per_task[task] = entry
-    overall = {f"pass@{k}": sum(t[f"pass@{k}"] for t in per_task.values()) / len(per_task) for k in usable} \
-        if per_task else {}
+    overall = (
+        {f"pass@{k}": sum(t[f"pass@{k}"] for t in per_task.values()) / len(per_task) for k in usable}
+        if per_task
+        else {}
+    )
     return {"pass_at_k": overall, "skipped_k": [k for k in ks if k not in usable], "per_task": per_task}

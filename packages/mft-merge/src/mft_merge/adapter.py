@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from mft_core.errors import ContractError, InputError
 
 from .ops import lora_scale
@@ -16,9 +15,18 @@ from .ops import lora_scale
 PREFIX = "base_model.model."
 # adapter_config keys whose non-default value changes the maths in ways a plain W + ΔW merge does not cover
 UNSUPPORTED = {
-    "use_qalora": False, "use_bdlora": False, "alora_invocation_tokens": None, "layer_replication": None,
-    "target_parameters": None, "lora_bias": False, "trainable_token_indices": None, "velora_config": None,
-    "kasa_config": None, "monteclora_config": None, "arrow_config": None, "megatron_config": None,
+    "use_qalora": False,
+    "use_bdlora": False,
+    "alora_invocation_tokens": None,
+    "layer_replication": None,
+    "target_parameters": None,
+    "lora_bias": False,
+    "trainable_token_indices": None,
+    "velora_config": None,
+    "kasa_config": None,
+    "monteclora_config": None,
+    "arrow_config": None,
+    "megatron_config": None,
 }
 
 
@@ -66,8 +74,10 @@ def load_adapter(path: Path) -> Adapter:
     if config.get("bias", "none") != "none":
         bad.append("bias")
     if bad:
-        raise ContractError(f"{path}: adapter uses {', '.join(bad)}, which mft-merge does not merge",
-                            fix="merge it with PEFT's merge_and_unload, or train without those options")
+        raise ContractError(
+            f"{path}: adapter uses {', '.join(bad)}, which mft-merge does not merge",
+            fix="merge it with PEFT's merge_and_unload, or train without those options",
+        )
     weights_path = path / "adapter_model.safetensors"
     if not weights_path.is_file():
         raise ContractError(f"{path}: adapter_model.safetensors is missing")
@@ -79,7 +89,7 @@ def load_adapter(path: Path) -> Adapter:
     for key, tensor in tensors.items():
         if not key.startswith(PREFIX):
             raise InputError(f"{weights_path}: unexpected tensor name {key!r}")
-        name = key[len(PREFIX):]
+        name = key[len(PREFIX) :]
         match = re.match(r"(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$", name)
         if match:
             parts.setdefault(match.group(1), {})[match.group(2)] = tensor
@@ -96,11 +106,14 @@ def load_adapter(path: Path) -> Adapter:
     alpha, rslora = config["lora_alpha"], bool(config.get("use_rslora"))
     for module, p in parts.items():
         embedding = "lora_embedding_A" in p
-        a, b = (p.get("lora_embedding_A"), p.get("lora_embedding_B")) if embedding else (p.get("lora_A"), p.get("lora_B"))
+        a, b = (
+            (p.get("lora_embedding_A"), p.get("lora_embedding_B")) if embedding else (p.get("lora_A"), p.get("lora_B"))
+        )
         if a is None or b is None:
             raise ContractError(f"{weights_path}: module {module} has only half of its LoRA (A or B missing)")
         r = a.shape[0]
         module_alpha = _pattern_value(config.get("alpha_pattern") or {}, module, alpha)
-        adapter.modules[module] = ModuleLoRA(module, a, b, lora_scale(module_alpha, r, rslora), embedding,
-                                             p.get("magnitude"))
+        adapter.modules[module] = ModuleLoRA(
+            module, a, b, lora_scale(module_alpha, r, rslora), embedding, p.get("magnitude")
+        )
     return adapter

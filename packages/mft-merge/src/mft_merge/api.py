@@ -15,7 +15,7 @@ from mft_core.ui import info, warn
 from . import __version__
 from .adapter import load_adapter
 from .config import MergeConfig
-from .merge import output_dtype, parse_size, plan_merge, write_shards, write_side_files, base_entries
+from .merge import base_entries, output_dtype, parse_size, plan_merge, write_shards, write_side_files
 from .verify import prompts_from_data, verify_layers, verify_logits
 
 
@@ -37,10 +37,16 @@ def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> t
         manifest = read_manifest(train_output, ("adapter",), made_by="mft-train run CONFIG")
         from_manifest = manifest.summary.get("base_model")
     from_config = adapter_config.get("base_model_name_or_path")
-    if from_manifest and from_config and Path(from_config).exists() and \
-            Path(from_config).resolve() != Path(from_manifest).resolve():
-        raise ContractError(f"the adapter's manifest names base {from_manifest} but its adapter_config.json names "
-                            f"{from_config}", fix="pass the right one with --base")
+    if (
+        from_manifest
+        and from_config
+        and Path(from_config).exists()
+        and Path(from_config).resolve() != Path(from_manifest).resolve()
+    ):
+        raise ContractError(
+            f"the adapter's manifest names base {from_manifest} but its adapter_config.json names {from_config}",
+            fix="pass the right one with --base",
+        )
     if cfg.base:
         chosen = cfg.base
         if from_manifest or from_config:
@@ -56,8 +62,10 @@ def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> t
     if train_output is not None and not cfg.base:
         expected = read_manifest(train_output).summary.get("base_model_sha256")
         if expected and model_fingerprint(base) != expected:
-            raise ContractError(f"{base} changed since the adapter was trained (config or weights differ)",
-                                fix="pass the exact base with --base, or retrain")
+            raise ContractError(
+                f"{base} changed since the adapter was trained (config or weights differ)",
+                fix="pass the exact base with --base, or retrain",
+            )
     return base, train_output
 
 
@@ -91,17 +99,27 @@ def merge(cfg: MergeConfig) -> MergeResult:
         elif check == "layers":
             verification = verify_layers(base, adapter, staging.path, plan)
         summary = {
-            "base_model": str(base.resolve()), "adapter": str(adapter_dir.resolve()), "dtype": str(dtype).replace("torch.", ""),
-            "shards": len(plan.shards), "merged_tensors": len(plan.merged), "replaced_tensors": plan.replaced,
-            "simulate_nf4": cfg.simulate_nf4, "config_updates": plan.config_updates,
+            "base_model": str(base.resolve()),
+            "adapter": str(adapter_dir.resolve()),
+            "dtype": str(dtype).replace("torch.", ""),
+            "shards": len(plan.shards),
+            "merged_tensors": len(plan.merged),
+            "replaced_tensors": plan.replaced,
+            "simulate_nf4": cfg.simulate_nf4,
+            "config_updates": plan.config_updates,
             "verification": verification.to_dict() if verification else {"check": "none"},
         }
         if verification is not None and not verification.passed:
             raise QualityGateError(
                 f"merge verification ({verification.check}) failed: max diff {verification.max_abs_diff:.3g} > "
-                f"{verification.tolerance:g}" + (f" or token agreement {verification.token_agreement:.2f} < "
-                                                  f"{verification.min_agreement}" if verification.check == "logits" else ""),
-                fix="nothing was written; report this with the adapter, or use --dtype fp32")
+                f"{verification.tolerance:g}"
+                + (
+                    f" or token agreement {verification.token_agreement:.2f} < {verification.min_agreement}"
+                    if verification.check == "logits"
+                    else ""
+                ),
+                fix="nothing was written; report this with the adapter, or use --dtype fp32",
+            )
         staging.finish(new_manifest("merged-model", "mft-merge", __version__, config, inputs, summary))
     return MergeResult(Path(cfg.out), summary)
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from mft_core.errors import ConfigError, ContractError
 
 from .adapter import Adapter, ModuleLoRA
@@ -17,8 +16,16 @@ from .ops import merge_embedding, merge_linear, nf4_roundtrip
 from .safetensors_io import Entry, StreamingWriter, read_header, read_tensor, tensor_nbytes
 
 OUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,10 @@ def base_entries(model_dir: Path) -> list[Source]:
     elif (model_dir / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        raise ContractError(f"{model_dir}: no safetensors weights (model.safetensors or an index)",
-                            fix="re-save the base with save_pretrained(safe_serialization=True)")
+        raise ContractError(
+            f"{model_dir}: no safetensors weights (model.safetensors or an index)",
+            fix="re-save the base with save_pretrained(safe_serialization=True)",
+        )
     out = []
     for name in files:
         entries, _ = read_header(model_dir / name)
@@ -89,7 +98,8 @@ def _check_lora_shape(lora: ModuleLoRA, shape: tuple[int, ...], fan_in_fan_out: 
         raise ContractError(
             f"adapter module {lora.module}: LoRA shapes A{tuple(lora.a.shape)} B{tuple(lora.b.shape)} do not fit the "
             f"base weight {shape}: the adapter was trained on another architecture or hidden size",
-            fix="pass the base the adapter was trained on with --base")
+            fix="pass the base the adapter was trained on with --base",
+        )
 
 
 def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard: int, simulate_nf4: bool) -> Plan:
@@ -101,12 +111,14 @@ def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard:
     for module, lora in adapter.modules.items():
         name = f"{module}.weight"
         if name not in by_name:
-            raise ContractError(f"adapter targets {module}, but the base has no tensor {name}",
-                                fix="check --base: the adapter was trained on another model")
+            raise ContractError(
+                f"adapter targets {module}, but the base has no tensor {name}",
+                fix="check --base: the adapter was trained on another model",
+            )
         _check_lora_shape(lora, by_name[name].entry.shape, adapter.fan_in_fan_out)
         plan.merged.append(name)
     tied = bool(base_config.get("tie_word_embeddings", False))
-    for name, tensor in adapter.replaced.items():
+    for name in adapter.replaced:
         if name in plan.merged:
             raise ContractError(f"adapter both replaces and adapts {name}")
         if name not in by_name and not (name.startswith("lm_head") and tied):
@@ -238,8 +250,11 @@ def write_side_files(plan: Plan, model_dir: Path, adapter: Adapter, out: Path, d
     from transformers import AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(out)
-    generation = (GenerationConfig.from_pretrained(model_dir) if (model_dir / "generation_config.json").is_file()
-                  else GenerationConfig())
+    generation = (
+        GenerationConfig.from_pretrained(model_dir)
+        if (model_dir / "generation_config.json").is_file()
+        else GenerationConfig()
+    )
     generation.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else generation.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else generation.eos_token_id
     generation.save_pretrained(out)

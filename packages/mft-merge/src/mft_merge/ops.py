@@ -23,8 +23,14 @@ def linear_delta(a: torch.Tensor, b: torch.Tensor, scale: float, fan_in_fan_out:
     return delta.T if fan_in_fan_out else delta
 
 
-def merge_linear(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, fan_in_fan_out: bool = False,
-                 magnitude: torch.Tensor | None = None) -> torch.Tensor:
+def merge_linear(
+    w: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: float,
+    fan_in_fan_out: bool = False,
+    magnitude: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``W + ΔW``; with DoRA ``m ⊙ (W + ΔW) / ‖W + ΔW‖`` (norm of each output row, as PEFT computes it)."""
     merged = w.float() + linear_delta(a, b, scale, fan_in_fan_out)
     if magnitude is None:
@@ -47,5 +53,7 @@ def nf4_roundtrip(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
     """
     import bitsandbytes.functional as bnbf
 
-    q, state = bnbf.quantize_4bit(w.float().contiguous(), blocksize=blocksize, quant_type="nf4", compress_statistics=True)
+    q, state = bnbf.quantize_4bit(
+        w.float().contiguous(), blocksize=blocksize, quant_type="nf4", compress_statistics=True
+    )
     return bnbf.dequantize_4bit(q, state).float().reshape(w.shape)

@@ -18,8 +18,15 @@ from typing import BinaryIO
 import torch
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 NAMES = {v: k for k, v in DTYPES.items()}
@@ -41,8 +48,16 @@ def read_header(path: str | Path) -> tuple[list[Entry], dict]:
         header = json.loads(f.read(length))
     meta = header.pop("__metadata__", {}) or {}
     base = 8 + length
-    entries = [Entry(name, v["dtype"], tuple(v["shape"]), base + v["data_offsets"][0],
-                     v["data_offsets"][1] - v["data_offsets"][0]) for name, v in header.items()]
+    entries = [
+        Entry(
+            name,
+            v["dtype"],
+            tuple(v["shape"]),
+            base + v["data_offsets"][0],
+            v["data_offsets"][1] - v["data_offsets"][0],
+        )
+        for name, v in header.items()
+    ]
     return sorted(entries, key=lambda e: e.start), meta
 
 
@@ -51,7 +66,11 @@ def read_tensor(handle: BinaryIO, entry: Entry) -> torch.Tensor:
     buffer = bytearray(entry.nbytes)
     handle.seek(entry.start)
     handle.readinto(buffer)
-    flat = torch.frombuffer(buffer, dtype=DTYPES[entry.dtype]) if entry.nbytes else torch.empty(0, dtype=DTYPES[entry.dtype])
+    flat = (
+        torch.frombuffer(buffer, dtype=DTYPES[entry.dtype])
+        if entry.nbytes
+        else torch.empty(0, dtype=DTYPES[entry.dtype])
+    )
     return flat.reshape(entry.shape)
 
 
@@ -65,7 +84,9 @@ def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 class StreamingWriter:
     """Writes a safetensors file whose tensor list (names, dtypes, shapes) is known up front."""
 
-    def __init__(self, path: str | Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict | None = None):
+    def __init__(
+        self, path: str | Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict | None = None
+    ):
         header: dict = {"__metadata__": metadata or {"format": "pt"}}
         offset = 0
         self._expected = []

@@ -17,7 +17,7 @@ from .safetensors_io import read_header, read_tensor
 # bf16/fp16 store every weight with 8/11 mantissa bits, which moves logits by up to a few tenths on real models.
 TOLERANCE = {torch.float32: (1e-4, 0.95), torch.float16: (0.1, 0.8), torch.bfloat16: (0.5, 0.8)}
 BUILTIN_PROMPTS = (
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "import os\n\n\ndef list_python_files(root):\n",
     "class Stack:\n    def __init__(self):\n",
     "# Sort a list of dictionaries by the key 'age'\n",
@@ -54,8 +54,16 @@ def reference_model(base_dir: Path, adapter: Adapter, simulate_nf4: bool, quanti
     return PeftModel.from_pretrained(base, adapter.path).eval()
 
 
-def verify_logits(base_dir: Path, adapter: Adapter, out: Path, dtype: torch.dtype, prompts: list[list[int]],
-                  prompt_source: str, new_tokens: int, plan: Plan) -> Verification:
+def verify_logits(
+    base_dir: Path,
+    adapter: Adapter,
+    out: Path,
+    dtype: torch.dtype,
+    prompts: list[list[int]],
+    prompt_source: str,
+    new_tokens: int,
+    plan: Plan,
+) -> Verification:
     from transformers import AutoModelForCausalLM
 
     reference = reference_model(base_dir, adapter, bool(plan.quantized), plan.quantized)
@@ -69,14 +77,22 @@ def verify_logits(base_dir: Path, adapter: Adapter, out: Path, dtype: torch.dtyp
             out_logits = merged(input_ids=x).logits.float()
             max_diff = max(max_diff, (ref_logits - out_logits).abs().max().item())
             kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-            a = reference.generate(input_ids=x, **kwargs)[0, len(ids):]
-            b = merged.generate(input_ids=x, **kwargs)[0, len(ids):]
+            a = reference.generate(input_ids=x, **kwargs)[0, len(ids) :]
+            b = merged.generate(input_ids=x, **kwargs)[0, len(ids) :]
             n = min(len(a), len(b))
             agree += int((a[:n] == b[:n]).sum())
             total += max(len(a), len(b))
     agreement = agree / total if total else 1.0
-    return Verification("logits", max_diff <= tol and agreement >= min_agree, tol, max_diff, agreement, min_agree,
-                        len(prompts), prompt_source)
+    return Verification(
+        "logits",
+        max_diff <= tol and agreement >= min_agree,
+        tol,
+        max_diff,
+        agreement,
+        min_agree,
+        len(prompts),
+        prompt_source,
+    )
 
 
 def verify_layers(base_dir: Path, adapter: Adapter, out: Path, plan: Plan) -> Verification:

@@ -22,8 +22,13 @@ from .config import GPTQConfig
 from .gptq import check_model, quantize, resolve_device
 from .quality import compare, measure
 
-SIDE_FILES = ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "generation_config.json")
+SIDE_FILES = (
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 @dataclass
@@ -49,11 +54,19 @@ def pick_samples(cfg: GPTQConfig, tokenizer) -> tuple[list[Sample], list[Sample]
         calib = builtin_code_samples(cfg.calib_samples)
         held_out, source = builtin_code_samples(cfg.eval_samples, offset=cfg.calib_samples), "builtin-code"
     if not calib or not held_out:
-        raise InputError("no calibration or held-out samples",
-                         fix="pass --calib DATA_DIR with records, or lower --calib-samples for the built-in corpus")
-    description = {"source": source, "folder": str(Path(cfg.calib).resolve()) if cfg.calib else None,
-                   "samples": len(calib), "ids": [s.id for s in calib], "tasks": dict(Counter(s.task for s in calib)),
-                   "eval_samples": len(held_out), "eval_ids": [s.id for s in held_out]}
+        raise InputError(
+            "no calibration or held-out samples",
+            fix="pass --calib DATA_DIR with records, or lower --calib-samples for the built-in corpus",
+        )
+    description = {
+        "source": source,
+        "folder": str(Path(cfg.calib).resolve()) if cfg.calib else None,
+        "samples": len(calib),
+        "ids": [s.id for s in calib],
+        "tasks": dict(Counter(s.task for s in calib)),
+        "eval_samples": len(held_out),
+        "eval_ids": [s.id for s in held_out],
+    }
     return calib, held_out, description
 
 
@@ -86,10 +99,20 @@ def quantize_gptq(cfg: GPTQConfig) -> QuantResult:
         if cfg.eval_humaneval:
             quality["humaneval"] = humaneval_delta(model_dir, staging.path, cfg.eval_humaneval_limit)
         (staging.path / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
-        summary = {"source_model": str(model_dir.resolve()), "model_type": model_type, "device": device,
-                   "settings": {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.desc_act,
-                                "sym": cfg.sym, "damp": cfg.damp},
-                   "calibration": calibration, "quality": quality}
+        summary = {
+            "source_model": str(model_dir.resolve()),
+            "model_type": model_type,
+            "device": device,
+            "settings": {
+                "bits": cfg.bits,
+                "group_size": cfg.group_size,
+                "desc_act": cfg.desc_act,
+                "sym": cfg.sym,
+                "damp": cfg.damp,
+            },
+            "calibration": calibration,
+            "quality": quality,
+        }
         staging.finish(new_manifest("quantized-model", "mft-quant", __version__, config, inputs, summary))
     _gate(quality)
     return QuantResult(Path(cfg.out), summary)
@@ -98,9 +121,11 @@ def quantize_gptq(cfg: GPTQConfig) -> QuantResult:
 def _gate(quality: dict) -> None:
     if not quality["passed"]:
         raise QualityGateError(
-            f"perplexity rose {quality['overall_increase']:+.1%}, above --max-ppl-increase {quality['max_increase']:.1%}",
+            f"perplexity rose {quality['overall_increase']:+.1%}, "
+            f"above --max-ppl-increase {quality['max_increase']:.1%}",
             fix="the folder is kept for inspection; try more or better calibration data, a smaller --group-size, "
-                "or --desc-act")
+            "or --desc-act",
+        )
 
 
 def humaneval_delta(fp_dir: Path, quant_dir: Path, limit: int | None = None) -> dict:

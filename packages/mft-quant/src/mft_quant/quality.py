@@ -30,7 +30,9 @@ def perplexity(model, tokenizer, samples: list[Sample], seq_len: int) -> dict[st
     return {k: math.exp(nll[k] / count[k]) for k in nll}
 
 
-def measure(model_dir: Path, tokenizer, samples: list[Sample], seq_len: int, device: str, dtype=None) -> dict[str, float]:
+def measure(
+    model_dir: Path, tokenizer, samples: list[Sample], seq_len: int, device: str, dtype=None
+) -> dict[str, float]:
     """Load a model (plain transformers, so a GPTQ folder goes through optimum + gptqmodel), measure, free it."""
     from transformers import AutoModelForCausalLM
 
@@ -46,8 +48,14 @@ def measure(model_dir: Path, tokenizer, samples: list[Sample], seq_len: int, dev
 
 
 def compare(fp: dict[str, float], quant: dict[str, float], max_increase: float) -> dict:
-    rows = {k: {"fp": fp[k], "quantized": quant.get(k, math.inf), "increase": quant.get(k, math.inf) / fp[k] - 1}
-            for k in fp}
+    rows = {
+        k: {"fp": fp[k], "quantized": quant.get(k, math.inf), "increase": quant.get(k, math.inf) / fp[k] - 1}
+        for k in fp
+    }
     increase = rows["overall"]["increase"]
-    return {"perplexity": rows, "overall_increase": increase, "max_increase": max_increase,
-            "passed": bool(math.isfinite(increase) and increase <= max_increase)}
+    return {
+        "perplexity": rows,
+        "overall_increase": increase,
+        "max_increase": max_increase,
+        "passed": bool(math.isfinite(increase) and increase <= max_increase),
+    }

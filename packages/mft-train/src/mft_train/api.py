@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-
 from mft_core.artifacts import model_fingerprint
 from mft_core.config import config_to_dict
 from mft_core.errors import ConfigError
@@ -62,7 +61,9 @@ def loss_of(mode: str) -> str:
 def task_weight_tensor(cfg: TrainConfig, tasks: tuple[str, ...]) -> torch.Tensor:
     unknown = sorted(set(cfg.task_weights) - set(tasks))
     if unknown:
-        raise ConfigError(f"task_weights names unknown tasks: {', '.join(unknown)}", fix=f"tasks are: {', '.join(tasks)}")
+        raise ConfigError(
+            f"task_weights names unknown tasks: {', '.join(unknown)}", fix=f"tasks are: {', '.join(tasks)}"
+        )
     return torch.tensor([float(cfg.task_weights.get(t, 1.0)) for t in tasks], dtype=torch.float64)
 
 
@@ -72,11 +73,15 @@ def _check_output_dir(out: Path, fingerprint: str, cfg: TrainConfig) -> bool:
         manifest = read_manifest(out)
         if manifest.fingerprint == fingerprint:
             return True
-        raise ConfigError(f"{out} holds a finished run made with another config or inputs",
-                          fix="choose another output_dir, or delete that folder")
+        raise ConfigError(
+            f"{out} holds a finished run made with another config or inputs",
+            fix="choose another output_dir, or delete that folder",
+        )
     if cfg.resume == "none" and list_checkpoints(out):
-        raise ConfigError(f"{out} has checkpoints of an unfinished run",
-                          fix="--set resume=auto to continue it, or choose another output_dir")
+        raise ConfigError(
+            f"{out} has checkpoints of an unfinished run",
+            fix="--set resume=auto to continue it, or choose another output_dir",
+        )
     return False
 
 
@@ -95,25 +100,39 @@ class _Reporter:
             state.task_tokens[task] = state.task_tokens.get(task, 0) + n
         if self.bar is not None:
             losses = " ".join(f"{t}={v:.3f}" for t, v in r.task_loss.items() if v is not None)
-            self.bar.update(self.bar_task, completed=state.step,
-                            info=f"loss {r.loss:.4f} | {losses} | {r.real_tokens / max(r.seconds, 1e-9):,.0f} tok/s")
+            self.bar.update(
+                self.bar_task,
+                completed=state.step,
+                info=f"loss {r.loss:.4f} | {losses} | {r.real_tokens / max(r.seconds, 1e-9):,.0f} tok/s",
+            )
         if state.step % max(self.cfg.log_every, 1) == 0 or state.step == self.parts.total_steps:
             n = len(self.window)
             seconds = sum(x.seconds for x in self.window)
-            self.log.log({"kind": "train", "step": state.step, "loss": sum(x.loss for x in self.window) / n,
-                          "task_loss": _mean_task_loss(self.window), "lr": self.parts.engine.scheduler.get_last_lr()[0],
-                          "grad_norm": self.window[-1].grad_norm,
-                          **({"task_weights": dict(zip(self.parts.tasks, self.parts.task_weights.tolist()))}
-                             if self.cfg.loss_mode in ("coba", "selfpaced") else {}),
-                          "tokens_per_s": sum(x.real_tokens for x in self.window) / max(seconds, 1e-9),
-                          "tokens_seen": state.tokens_seen})
+            self.log.log(
+                {
+                    "kind": "train",
+                    "step": state.step,
+                    "loss": sum(x.loss for x in self.window) / n,
+                    "task_loss": _mean_task_loss(self.window),
+                    "lr": self.parts.engine.scheduler.get_last_lr()[0],
+                    "grad_norm": self.window[-1].grad_norm,
+                    **(
+                        {"task_weights": dict(zip(self.parts.tasks, self.parts.task_weights.tolist()))}
+                        if self.cfg.loss_mode in ("coba", "selfpaced")
+                        else {}
+                    ),
+                    "tokens_per_s": sum(x.real_tokens for x in self.window) / max(seconds, 1e-9),
+                    "tokens_seen": state.tokens_seen,
+                }
+            )
             self.window = []
 
     def on_eval(self, state: TrainState) -> bool:
         if self.valid is None:
             return False
-        task_loss = evaluate(self.model, self.valid, self.parts.tasks, self.cfg.micro_batch_size, self.parts.pad_id,
-                             self.cfg.bf16)
+        task_loss = evaluate(
+            self.model, self.valid, self.parts.tasks, self.cfg.micro_batch_size, self.parts.pad_id, self.cfg.bf16
+        )
         mean = mean_valid(task_loss)
         self.last_eval = {"step": state.step, "mean": mean, "task_loss": task_loss}
         self.log.log({"kind": "eval", "step": state.step, "loss": mean, "task_loss": task_loss})
@@ -136,8 +155,10 @@ class _Balancer:
         from .balance import BalanceState
 
         if valid is None:
-            raise ConfigError(f"loss_mode {cfg.loss_mode} needs a valid split to watch",
-                              fix="run `mft-data split DATA_DIR` before tokenizing")
+            raise ConfigError(
+                f"loss_mode {cfg.loss_mode} needs a valid split to watch",
+                fix="run `mft-data split DATA_DIR` before tokenizing",
+            )
         self.cfg, self.parts, self.model, self.valid = cfg, parts, model, valid
         self.state = BalanceState(**state.balance) if state.balance else BalanceState()
         if self.state.weights:
@@ -146,14 +167,23 @@ class _Balancer:
             initial = self._losses(None)
             missing = [t for t, v in zip(parts.tasks, initial) if v != v]
             if missing:
-                raise ConfigError(f"tasks without valid records: {', '.join(missing)}",
-                                  fix="split with a larger --valid-ratio so every task has valid records")
+                raise ConfigError(
+                    f"tasks without valid records: {', '.join(missing)}",
+                    fix="split with a larger --valid-ratio so every task has valid records",
+                )
             self.state.initial = initial
         state.balance = vars(self.state)
 
     def _losses(self, indices) -> list[float]:
-        task_loss = evaluate(self.model, self.valid, self.parts.tasks, self.cfg.micro_batch_size, self.parts.pad_id,
-                             self.cfg.bf16, indices)
+        task_loss = evaluate(
+            self.model,
+            self.valid,
+            self.parts.tasks,
+            self.cfg.micro_batch_size,
+            self.parts.pad_id,
+            self.cfg.bf16,
+            indices,
+        )
         return [v if v is not None else float("nan") for v in task_loss.values()]
 
     def after_step(self, state: TrainState) -> None:
@@ -161,12 +191,20 @@ class _Balancer:
 
         if state.step % self.cfg.coba_update_interval:
             return
-        n = self.cfg.micro_batch_size * self.cfg.coba_sample_valid_num  # shared by the ranks: the same rows as one process
+        n = (
+            self.cfg.micro_batch_size * self.cfg.coba_sample_valid_num
+        )  # shared by the ranks: the same rows as one process
         sample = len(self.state.losses)
         indices = [(sample * n + j) % len(self.valid) for j in range(min(n, len(self.valid)))]  # cyclic, no RNG
         self.state.losses.append(self._losses(indices))
-        weights = update_weights(self.state, self.cfg.loss_mode, self.cfg.coba_history_length,
-                                 self.cfg.coba_warmup_steps, self.cfg.coba_tau, self.cfg.selfpaced_scale)
+        weights = update_weights(
+            self.state,
+            self.cfg.loss_mode,
+            self.cfg.coba_history_length,
+            self.cfg.coba_warmup_steps,
+            self.cfg.coba_tau,
+            self.cfg.selfpaced_scale,
+        )
         self.parts.task_weights = torch.tensor(weights, dtype=torch.float64)
         state.balance = vars(self.state)
 
@@ -195,8 +233,13 @@ def _setup_engine(cfg: TrainConfig, model, total_steps: int):
     from .launch import make_engine
 
     optimizer_factory = lambda params: make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)  # noqa: E731
-    scheduler_factory = lambda opt: make_scheduler(opt, total_steps, cfg.warmup_steps, cfg.lr_schedule,  # noqa: E731
-                                                   cfg.min_lr / cfg.lr)
+    scheduler_factory = lambda opt: make_scheduler(
+        opt,
+        total_steps,
+        cfg.warmup_steps,
+        cfg.lr_schedule,  # noqa: E731
+        cfg.min_lr / cfg.lr,
+    )
     return make_engine(model, optimizer_factory, scheduler_factory, cfg)
 
 
@@ -218,8 +261,9 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
 
     tokenizer = load_tokenizer(model_dir)
     if dist.is_main():
-        data_path = prepare_data(cfg.data, model_dir, cfg.seq_len, out, raw_text=kind == "pretrain",
-                                 text_max_mb=cfg.text_max_mb)
+        data_path = prepare_data(
+            cfg.data, model_dir, cfg.seq_len, out, raw_text=kind == "pretrain", text_max_mb=cfg.text_max_mb
+        )
     dist.barrier()
     data_path = dist.broadcast_object(str(data_path) if dist.is_main() else None)
     data = load_data(Path(data_path), model_dir, cfg.seq_len)
@@ -236,8 +280,20 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
     world = dist.world_size()
     total = total_steps_for(len(data.train), cfg.micro_batch_size * cfg.grad_accum * world, cfg.epochs, cfg.max_steps)
     engine = _setup_engine(cfg, model, total)
-    parts = LoopParts(engine, data.train, data.tasks, weights, loss_of(loss_mode), cfg.micro_batch_size, cfg.grad_accum,
-                      cfg.seed, tokenizer.pad_token_id, cfg.bf16, cfg.max_grad_norm, total)
+    parts = LoopParts(
+        engine,
+        data.train,
+        data.tasks,
+        weights,
+        loss_of(loss_mode),
+        cfg.micro_batch_size,
+        cfg.grad_accum,
+        cfg.seed,
+        tokenizer.pad_token_id,
+        cfg.bf16,
+        cfg.max_grad_norm,
+        total,
+    )
     resolved = {**config, "loss_mode": loss_mode}
     checkpoint = find_resume(out, cfg.resume)
     state = engine.load(checkpoint, resolved) if checkpoint else TrainState()
@@ -249,10 +305,12 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
     log = MetricsLog(out, tb_dir, state.step if checkpoint else None, enabled=dist.is_main())
     with progress() as bar:
         bar_task = bar.add_task("train", total=total, completed=state.step, info="") if dist.is_main() else None
-        reporter = _Reporter(cfg, parts, engine.model, data.valid, tokenizer, out, log, bar if dist.is_main() else None,
-                             bar_task)
-        hooks = Hooks(reporter.on_step, reporter.on_eval, lambda s: engine.save(out, s, resolved),
-                      cfg.eval_every, cfg.save_every)
+        reporter = _Reporter(
+            cfg, parts, engine.model, data.valid, tokenizer, out, log, bar if dist.is_main() else None, bar_task
+        )
+        hooks = Hooks(
+            reporter.on_step, reporter.on_eval, lambda s: engine.save(out, s, resolved), cfg.eval_every, cfg.save_every
+        )
         if balancer is not None:
             hooks.after_step = balancer.after_step
         state = run_loop(parts, state, hooks)
@@ -265,15 +323,22 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
     if dist.is_main():
         plot_loss_per_task(out / "metrics.jsonl", out / "loss_per_task.png", extra_panel="task_weights")
         summary["tokenized_data"] = {"path": str(data.path.resolve()), "manifest_id": data.manifest_id}
-        summary["resolved"] = {"loss_mode": loss_mode, "tasks": list(data.tasks), "base_model": str(model_dir.resolve())}
+        summary["resolved"] = {
+            "loss_mode": loss_mode,
+            "tasks": list(data.tasks),
+            "base_model": str(model_dir.resolve()),
+        }
         # same config and inputs as the probe above, so the same run again is recognised as up to date
-        write_manifest(out, new_manifest(manifest_kind, "mft-train", __version__, {**config, "resume": "none"}, inputs,
-                                         summary))
+        write_manifest(
+            out, new_manifest(manifest_kind, "mft-train", __version__, {**config, "resume": "none"}, inputs, summary)
+        )
     dist.barrier()
     return TrainResult(out, summary)
 
 
-def _summary(cfg, data, loss_mode, state: TrainState, reporter: _Reporter, final_dir: str, total: int, wall: float) -> dict:
+def _summary(
+    cfg, data, loss_mode, state: TrainState, reporter: _Reporter, final_dir: str, total: int, wall: float
+) -> dict:
     from .metrics import read_metrics
 
     train_rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if r["kind"] == "train"]

@@ -70,8 +70,9 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
         # called like any HF model (no plan): the model's own position ids still mark the records
         plan = plan_segments(kwargs["position_ids"].expand(query.shape[0], -1).cpu())
     if plan is None:  # one sequence per row (no positions given), decoding with a cache, or an explicit mask
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     b, heads, t, dim = query.shape
 
     def flat(x):  # [B, H, T, D] -> [B*T, H, D]
@@ -82,16 +83,19 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     for bucket in plan.buckets:
         n, size = bucket.gather.shape
         idx = bucket.gather.to(query.device).reshape(-1)
-
-        def take(x):  # [n*L, H, D] -> [n, H, L, D]
-            return x.index_select(0, idx).reshape(n, size, x.shape[1], x.shape[2]).transpose(1, 2)
-
+        qb, kb, vb = (_take(x, idx, n, size) for x in (q, k, v))
         with _backend_for(size, query.device):
-            res, _ = sdpa_attention_forward(module, take(q), take(k), take(v), None, dropout=dropout, scaling=scaling,
-                                            is_causal=True, **kwargs)  # [n, L, H, D]
+            res, _ = sdpa_attention_forward(
+                module, qb, kb, vb, None, dropout=dropout, scaling=scaling, is_causal=True, **kwargs
+            )  # [n, L, H, D]
         res = res.reshape(n * size, heads, res.shape[-1])
         out = out.index_copy(0, bucket.tokens.to(query.device), res.index_select(0, bucket.valid.to(query.device)))
     return out.reshape(b, t, heads, value.shape[3]), None
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """Gather a bucket's records from flat tokens ``[B*T, H, D]`` into ``[n, H, L, D]``."""
+    return x.index_select(0, idx).reshape(n, size, x.shape[1], x.shape[2]).transpose(1, 2)
 
 
 def _backend_for(size: int, device: torch.device):

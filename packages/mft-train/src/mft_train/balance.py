@@ -61,8 +61,9 @@ def floor_weights(w: np.ndarray, floor: float) -> np.ndarray:
     return w
 
 
-def coba_step(alphas: np.ndarray, task_slope_history: np.ndarray, max_slope_history: np.ndarray,
-              tau: float) -> tuple[np.ndarray, dict]:
+def coba_step(
+    alphas: np.ndarray, task_slope_history: np.ndarray, max_slope_history: np.ndarray, tau: float
+) -> tuple[np.ndarray, dict]:
     """CoBa weights from the current slopes and the slope histories (both ending with the current slopes).
 
     Args:
@@ -111,8 +112,9 @@ def _fit(column: np.ndarray) -> float:
     return slope([v for _, v in known], [x for x, _ in known])
 
 
-def update_weights(state: BalanceState, mode: str, history_length: int, warmup: int, tau: float,
-                   scale: float) -> list[float]:
+def update_weights(
+    state: BalanceState, mode: str, history_length: int, warmup: int, tau: float, scale: float
+) -> list[float]:
     """Append the slopes of the latest sample's window and return the new weights (equal during warm-up).
 
     ``state.losses`` must already hold the newest sample. Missing values (a task absent from the sampled valid

@@ -51,8 +51,13 @@ def train_tokenizer(vocab_size: int, corpus_mb: float, bos_special: bool):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(iter_texts(stdlib_files(), int(corpus_mb * 1e6)), trainer=trainer)
     kwargs: dict[str, Any] = {"eos_token": EOS, "pad_token": PAD}
     if bos_special:
@@ -94,8 +99,14 @@ def init_base(cfg: InitBaseConfig) -> Path:
     """
     family = get_family(cfg.family)
     preset = get_preset(cfg.preset)
-    config = {"family": cfg.family, "preset": cfg.preset, "seed": cfg.seed, "sizes": dict(preset),
-              "tokenizer_corpus_mb": cfg.tokenizer_corpus_mb, "vocab_size": cfg.vocab_size}
+    config = {
+        "family": cfg.family,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "sizes": dict(preset),
+        "tokenizer_corpus_mb": cfg.tokenizer_corpus_mb,
+        "vocab_size": cfg.vocab_size,
+    }
     if is_up_to_date(cfg.out, new_manifest("base-model", "mft-train", __version__, config).fingerprint):
         return Path(cfg.out)
     tokenizer = train_tokenizer(cfg.vocab_size or preset["vocab"], cfg.tokenizer_corpus_mb, family.bos_is_marker)
@@ -105,7 +116,12 @@ def init_base(cfg: InitBaseConfig) -> Path:
         model.save_pretrained(staging.path)
         tokenizer.save_pretrained(staging.path)
         params = sum(p.numel() for p in model.parameters())
-        summary = {"model_type": family.model_type, "parameters": params, "vocab_size": model.config.vocab_size,
-                   "tokenizer_vocab": len(tokenizer), "bos_is_marker": family.bos_is_marker}
+        summary = {
+            "model_type": family.model_type,
+            "parameters": params,
+            "vocab_size": model.config.vocab_size,
+            "tokenizer_vocab": len(tokenizer),
+            "bos_is_marker": family.bos_is_marker,
+        }
         staging.finish(new_manifest("base-model", "mft-train", __version__, config, (), summary))
     return Path(cfg.out)

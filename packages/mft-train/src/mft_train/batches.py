@@ -74,7 +74,9 @@ def collate(rows: Rows, indices: list[int], pad_id: int, multiple: int = 8) -> M
         positions[b, n:] = np.arange(width - n)
         samples[b, n:] = next_sample  # the padding tail: a sample with no targets
     t = torch.from_numpy
-    return MicroBatch(t(ids), t(positions), shift_targets(t(labels), t(tasks), t(samples)), int(rows.lengths[indices].sum()))
+    return MicroBatch(
+        t(ids), t(positions), shift_targets(t(labels), t(tasks), t(samples)), int(rows.lengths[indices].sum())
+    )
 
 
 def _dummy(pad_id: int) -> MicroBatch:
@@ -99,7 +101,9 @@ def step_rows(n_rows: int, seed: int, step: int, global_batch: int) -> np.ndarra
     return epoch_order(n_rows, seed, epoch)[k * global_batch : (k + 1) * global_batch]
 
 
-def rank_micro_batches(rows: np.ndarray, rank: int, world: int, micro_batch_size: int, grad_accum: int) -> list[list[int]]:
+def rank_micro_batches(
+    rows: np.ndarray, rank: int, world: int, micro_batch_size: int, grad_accum: int
+) -> list[list[int]]:
     """This rank's ``grad_accum`` micro-batches of a global batch (some may be empty in a partial last step).
 
     Rows are dealt round-robin so ranks get equal shares; exactness does not depend on the split because the

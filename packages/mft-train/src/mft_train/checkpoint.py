@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from mft_core.errors import ConfigError
 from mft_core.manifest import staged_dir
 
@@ -58,16 +57,26 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: TrainState, config: dict,
-                    save_limit: int, protect: set[int] = frozenset()) -> Path:
+def save_checkpoint(
+    output_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    config: dict,
+    save_limit: int,
+    protect: set[int] = frozenset(),
+) -> Path:
     """Write ``checkpoint-<step>`` atomically, then delete the oldest beyond ``save_limit``."""
     from safetensors.torch import save_file
 
     final = output_dir / f"checkpoint-{state.step}"
     with staged_dir(final, overwrite=True) as tmp:
         save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "optim.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / "optim.pt",
+        )
         (tmp / "state.json").write_text(json.dumps({"state": asdict(state), "config": config}, indent=2) + "\n")
     prune_checkpoints(output_dir, save_limit, protect)
     return final
@@ -101,14 +110,18 @@ def find_resume(output_dir: Path, resume: str) -> Path | None:
         return checkpoints[-1] if checkpoints else None
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise ConfigError(f"resume: {path} is not a complete checkpoint (no state.json)",
-                          fix=f"use resume=auto, or one of: {', '.join(p.name for p in list_checkpoints(output_dir))}")
+        raise ConfigError(
+            f"resume: {path} is not a complete checkpoint (no state.json)",
+            fix=f"use resume=auto, or one of: {', '.join(p.name for p in list_checkpoints(output_dir))}",
+        )
     return path
 
 
 def config_diff(saved: dict, current: dict) -> list[str]:
     keys = sorted((set(saved) | set(current)) - RESUME_SAFE_KEYS)
-    return [f"{k}: checkpoint {saved.get(k)!r} != now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r} != now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)
+    ]
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, config: dict) -> TrainState:
@@ -118,8 +131,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config: dict) -> Tr
     saved = json.loads((path / "state.json").read_text())
     diff = config_diff(saved["config"], config)
     if diff:
-        raise ConfigError(f"{path} was made with a different config:\n  " + "\n  ".join(diff),
-                          fix="resume with the same config, or start a new output_dir (resume=none)")
+        raise ConfigError(
+            f"{path} was made with a different config:\n  " + "\n  ".join(diff),
+            fix="resume with the same config, or start a new output_dir (resume=none)",
+        )
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
 from mft_core.config import build_config
 from mft_core.ui import cli_errors, console, make_app
 
@@ -14,33 +13,36 @@ app = make_app(
     "Fine-tune code LLMs on several tasks at once with exact per-task loss balancing.\n\n"
     "init-base builds the tiny built-in base; pretrain continues pretraining on raw code; run/sft fine-tune."
 )
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with this command's settings; flags win.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with this command's settings; flags win.")]
 
 
 @app.command("init-base")
 @cli_errors
 def init_base_cmd(
     out: Annotated[str, typer.Option(help="Output model folder.")],
-    family: Annotated[Optional[str], typer.Option(help="Model family (HF model_type) from MFT's family table.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Size preset: tiny|small|base.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the random initialisation.")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="Tokenizer vocabulary (default from the preset).")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
+    family: Annotated[str | None, typer.Option(help="Model family (HF model_type) from MFT's family table.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Size preset: tiny|small|base.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random initialisation.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="Tokenizer vocabulary (default from the preset).")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
     config: ConfigOpt = None,
 ):
     """Build a randomly initialised model plus a tokenizer trained here on the stdlib source."""
     from .base_init import InitBaseConfig, init_base
 
-    cfg = build_config(InitBaseConfig, config, dict(out=out, family=family, preset=preset, seed=seed,
-                                                    vocab_size=vocab_size, overwrite=overwrite))
+    cfg = build_config(
+        InitBaseConfig,
+        config,
+        dict(out=out, family=family, preset=preset, seed=seed, vocab_size=vocab_size, overwrite=overwrite),
+    )
     path = init_base(cfg)
     console.print(f"[green]wrote[/] {path} ({cfg.family}, preset {cfg.preset})")
 
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set lr=1e-4 (repeatable).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set lr=1e-4 (repeatable).")]
 
 
-def _train(kind: str, config_file: Optional[Path], sets: Optional[list[str]], base: dict) -> None:
+def _train(kind: str, config_file: Path | None, sets: list[str] | None, base: dict) -> None:
     from .api import train
     from .config import TrainConfig
 
@@ -51,8 +53,10 @@ def _train(kind: str, config_file: Optional[Path], sets: Optional[list[str]], ba
         console.print(f"[green]up to date[/]: {result.output_dir} (same config and inputs)")
         return
     final = s.get("final_eval") or {}
-    console.print(f"[green]done[/]: {result.output_dir} ({s['steps']} steps, {s['tokens_seen']:,} tokens, "
-                  f"loss mode {s['loss_mode']}" + (f", mean valid loss {final['mean']:.4f}" if final else "") + ")")
+    console.print(
+        f"[green]done[/]: {result.output_dir} ({s['steps']} steps, {s['tokens_seen']:,} tokens, "
+        f"loss mode {s['loss_mode']}" + (f", mean valid loss {final['mean']:.4f}" if final else "") + ")"
+    )
 
 
 @app.command()
@@ -81,14 +85,18 @@ def pretrain(
     data: Annotated[str, typer.Option(help="Raw text/code files or folders (comma-separated).")],
     model: Annotated[str, typer.Option(help="Model folder to continue from.")],
     out: Annotated[str, typer.Option(help="Output folder (the model lands in OUT/model).")],
-    max_mb: Annotated[Optional[float], typer.Option(help="Read at most this many MB of the files (sorted order).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML with more keys (same as run).")] = None,
+    max_mb: Annotated[float | None, typer.Option(help="Read at most this many MB of the files (sorted order).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with more keys (same as run).")] = None,
     sets: SetOpt = None,
 ):
     """Continue pretraining on raw code: packed, loss on every token, full fine-tuning by default."""
     extra = [f"text_max_mb={max_mb}"] if max_mb is not None else []
-    _train("pretrain", config, (sets or []) + extra + [f"data={data}", f"model={model}", f"output_dir={out}"],
-           {"peft": "none", "loss_mode": "token", "seq_len": 512, "lr": 1e-3})
+    _train(
+        "pretrain",
+        config,
+        (sets or []) + extra + [f"data={data}", f"model={model}", f"output_dir={out}"],
+        {"peft": "none", "loss_mode": "token", "seq_len": 512, "lr": 1e-3},
+    )
 
 
 @app.command()
@@ -101,17 +109,30 @@ def launch(
     node_rank: Annotated[int, typer.Option(help="This node's rank (0 .. nnodes-1).")] = 0,
     master_addr: Annotated[str, typer.Option(help="Address of node 0.")] = "127.0.0.1",
     master_port: Annotated[int, typer.Option(help="Port on node 0.")] = 29500,
-    offload: Annotated[str, typer.Option(help="DeepSpeed offload to CPU: none | optimizer | params | all (zero3).")] = "none",
+    offload: Annotated[
+        str, typer.Option(help="DeepSpeed offload to CPU: none | optimizer | params | all (zero3).")
+    ] = "none",
     sets: SetOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun (and accelerate) line, run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the torchrun (and accelerate) line, run nothing.")
+    ] = False,
 ):
     """Train on several processes, GPUs or nodes through torchrun (DDP, DeepSpeed ZeRO-2/3, FSDP2)."""
     import subprocess
 
     from .launch import LaunchConfig, accelerate_equivalent, launch_env, torchrun_command
 
-    cfg = LaunchConfig(config=config, strategy=strategy, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
-                       master_addr=master_addr, master_port=master_port, offload=offload, sets=tuple(sets or ()))
+    cfg = LaunchConfig(
+        config=config,
+        strategy=strategy,
+        nproc=nproc,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        offload=offload,
+        sets=tuple(sets or ()),
+    )
     cmd = torchrun_command(cfg)
     env = launch_env(cfg)
     if dry_run:

@@ -21,26 +21,38 @@ class TrainData:
     seq_len: int
 
 
-def prepare_data(data: str, model_dir: Path, seq_len: int, output_dir: Path, raw_text: bool = False,
-                 text_max_mb: float = 0.0) -> Path:
+def prepare_data(
+    data: str, model_dir: Path, seq_len: int, output_dir: Path, raw_text: bool = False, text_max_mb: float = 0.0
+) -> Path:
     """A tokenized folder for ``data``: itself if already tokenized, else tokenized into ``output_dir/tokenized``."""
     from mft_data.api import TextTokenizeConfig, TokenizeConfig, tokenize_folder, tokenize_text_files
 
     path = Path(data)
     target = output_dir / "tokenized"
     if raw_text:
-        tokenize_text_files(TextTokenizeConfig(sources=tuple(data.split(",")), tokenizer=str(model_dir), out=str(target),
-                                               seq_len=seq_len, max_mb=text_max_mb, overwrite=True))
+        tokenize_text_files(
+            TextTokenizeConfig(
+                sources=tuple(data.split(",")),
+                tokenizer=str(model_dir),
+                out=str(target),
+                seq_len=seq_len,
+                max_mb=text_max_mb,
+                overwrite=True,
+            )
+        )
         return target
     if not has_manifest(path):
-        raise ContractError(f"data {path}: not a finished MFT data folder (no manifest.json)",
-                          fix="make one with `mft-data format` (then optionally `mft-data tokenize`)")
+        raise ContractError(
+            f"data {path}: not a finished MFT data folder (no manifest.json)",
+            fix="make one with `mft-data format` (then optionally `mft-data tokenize`)",
+        )
     kind = read_manifest(path).kind
     if kind == "tokenized-data":
         return path
     if kind == "formatted-data":
-        tokenize_folder(TokenizeConfig(folder=str(path), tokenizer=str(model_dir), out=str(target), seq_len=seq_len,
-                                       overwrite=True))
+        tokenize_folder(
+            TokenizeConfig(folder=str(path), tokenizer=str(model_dir), out=str(target), seq_len=seq_len, overwrite=True)
+        )
         return target
     raise ConfigError(f"data {path} is a '{kind}' folder; expected formatted-data or tokenized-data")
 
@@ -51,12 +63,16 @@ def load_data(path: Path, model_dir: Path, seq_len: int) -> TrainData:
 
     data = load_tokenized(path)
     if data.seq_len > seq_len:
-        raise ConfigError(f"{path} was tokenized with --seq-len {data.seq_len}, above the training seq_len {seq_len}",
-                          fix=f"--set seq_len={data.seq_len}, or re-tokenize with --seq-len {seq_len}")
+        raise ConfigError(
+            f"{path} was tokenized with --seq-len {data.seq_len}, above the training seq_len {seq_len}",
+            fix=f"--set seq_len={data.seq_len}, or re-tokenize with --seq-len {seq_len}",
+        )
     tokenizer_file = model_dir / "tokenizer.json"
     used = {i.sha256 for i in data.manifest.inputs if i.sha256}
     if tokenizer_file.is_file() and used and sha256_file(tokenizer_file) not in used:
-        raise ConfigError(f"{path} was tokenized with another tokenizer than {model_dir}'s",
-                          fix=f"re-run mft-data tokenize with --tokenizer {model_dir}")
+        raise ConfigError(
+            f"{path} was tokenized with another tokenizer than {model_dir}'s",
+            fix=f"re-run mft-data tokenize with --tokenizer {model_dir}",
+        )
     valid = Rows(data.valid) if data.valid is not None and len(data.valid) else None
     return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id, data.seq_len)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mft_core.errors import ConfigError
 
 from . import dist
 from .checkpoint import TrainState, config_diff, list_checkpoints, prune_checkpoints, rng_state, set_rng_state
 from .engine import LocalEngine
-from mft_core.errors import ConfigError
 
 
 def _trainable_names(model) -> list[str]:
@@ -37,8 +37,10 @@ def _read_state(path: Path, config: dict) -> TrainState:
     saved = json.loads((path / "state.json").read_text())
     diff = config_diff(saved["config"], config)
     if diff:
-        raise ConfigError(f"{path} was made with a different config:\n  " + "\n  ".join(diff),
-                          fix="resume with the same config, or start a new output_dir (resume=none)")
+        raise ConfigError(
+            f"{path} was made with a different config:\n  " + "\n  ".join(diff),
+            fix="resume with the same config, or start a new output_dir (resume=none)",
+        )
     return TrainState(**saved["state"])
 
 
@@ -48,7 +50,9 @@ class _ShardedCheckpoints:
 
     def save(self, output_dir: Path, state: TrainState, config: dict) -> None:
         final = output_dir / f"checkpoint-{state.step}"
-        tmp_name = dist.broadcast_object(f".checkpoint-{state.step}.tmp-{random.getrandbits(32):08x}" if dist.is_main() else None)
+        tmp_name = dist.broadcast_object(
+            f".checkpoint-{state.step}.tmp-{random.getrandbits(32):08x}" if dist.is_main() else None
+        )
         tmp = output_dir / tmp_name
         if dist.is_main():
             tmp.mkdir(parents=True, exist_ok=True)
@@ -97,10 +101,13 @@ class DDPEngine(_ShardedCheckpoints, LocalEngine):
             from safetensors.torch import save_file
 
             params = dict(self.unwrapped.named_parameters())
-            save_file({n: params[n].detach().contiguous() for n in _trainable_names(self.unwrapped)},
-                      str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       tmp / "optim.pt")
+            save_file(
+                {n: params[n].detach().contiguous() for n in _trainable_names(self.unwrapped)},
+                str(tmp / "trainable.safetensors"),
+            )
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optim.pt"
+            )
 
     def _load_tensors(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -130,8 +137,8 @@ class DeepSpeedEngine(_ShardedCheckpoints):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = optimizer_factory(params)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler_factory, config=ds_config,
-            model_parameters=params)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler_factory, config=ds_config, model_parameters=params
+        )
 
     @property
     def unwrapped(self):
@@ -164,7 +171,11 @@ class DeepSpeedEngine(_ShardedCheckpoints):
 
         params = list(self.unwrapped.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            state = {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()} if dist.is_main() else None
+            state = (
+                {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()}
+                if dist.is_main()
+                else None
+            )
         return state
 
 
@@ -176,10 +187,15 @@ class FSDPEngine(_ShardedCheckpoints, LocalEngine):
 
         layer_classes = set(getattr(_base_model(model), "_no_split_modules", None) or [])
         if not layer_classes:
-            raise ConfigError(f"{type(model).__name__} declares no decoder layer class (_no_split_modules)",
-                              fix="use --strategy zero3 for this model")
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.bf16 else \
-            MixedPrecisionPolicy()
+            raise ConfigError(
+                f"{type(model).__name__} declares no decoder layer class (_no_split_modules)",
+                fix="use --strategy zero3 for this model",
+            )
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if cfg.bf16
+            else MixedPrecisionPolicy()
+        )
         layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
         for layer in layers:
             fully_shard(layer, mp_policy=policy)
@@ -212,15 +228,26 @@ class FSDPEngine(_ShardedCheckpoints, LocalEngine):
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._options())
         if dist.is_main():
             trainable = set(_trainable_names(self.model))
-            torch.save({"model": {k: v for k, v in model_state.items() if k in trainable}, "optimizer": optim_state,
-                        "scheduler": self.scheduler.state_dict()}, tmp / "fsdp.pt")
+            torch.save(
+                {
+                    "model": {k: v for k, v in model_state.items() if k in trainable},
+                    "optimizer": optim_state,
+                    "scheduler": self.scheduler.state_dict(),
+                },
+                tmp / "fsdp.pt",
+            )
 
     def _load_tensors(self, path: Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         blob = torch.load(path / "fsdp.pt", weights_only=False) if dist.is_main() else {"model": {}, "optimizer": {}}
-        set_state_dict(self.model, self.optimizer, model_state_dict=blob["model"], optim_state_dict=blob["optimizer"],
-                       options=self._options(broadcast_from_rank0=True, strict=False))
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=blob["model"],
+            optim_state_dict=blob["optimizer"],
+            options=self._options(broadcast_from_rank0=True, strict=False),
+        )
         sched = dist.broadcast_object(blob.get("scheduler"))
         self.scheduler.load_state_dict(sched)
 

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-
 from mft_core.errors import ConfigError
 
 from . import dist
@@ -53,9 +52,19 @@ class LaunchConfig:
 
 
 def torchrun_command(cfg: LaunchConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.nproc}", f"--nnodes={cfg.nnodes}",
-           f"--node_rank={cfg.node_rank}", f"--master_addr={cfg.master_addr}", f"--master_port={cfg.master_port}",
-           "-m", "mft_train.worker", cfg.config]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={cfg.nproc}",
+        f"--nnodes={cfg.nnodes}",
+        f"--node_rank={cfg.node_rank}",
+        f"--master_addr={cfg.master_addr}",
+        f"--master_port={cfg.master_port}",
+        "-m",
+        "mft_train.worker",
+        cfg.config,
+    ]
     for s in cfg.sets:
         cmd += ["--set", s]
     return cmd
@@ -63,11 +72,17 @@ def torchrun_command(cfg: LaunchConfig) -> list[str]:
 
 def accelerate_equivalent(cfg: LaunchConfig) -> str:
     """The accelerate line a user might reach for (GPU only: on CPU accelerate runs one process)."""
-    flags = {"ddp": "--multi_gpu", "zero2": "--use_deepspeed --zero_stage 2", "zero3": "--use_deepspeed --zero_stage 3",
-             "fsdp": "--use_fsdp --fsdp_version 2"}[cfg.strategy]
-    return (f"accelerate launch {flags} --num_processes {cfg.nproc * cfg.nnodes} --num_machines {cfg.nnodes} "
-            f"--machine_rank {cfg.node_rank} --main_process_ip {cfg.master_addr} --main_process_port {cfg.master_port} "
-            f"-m mft_train.worker {shlex.quote(cfg.config)}" + "".join(f" --set {shlex.quote(s)}" for s in cfg.sets))
+    flags = {
+        "ddp": "--multi_gpu",
+        "zero2": "--use_deepspeed --zero_stage 2",
+        "zero3": "--use_deepspeed --zero_stage 3",
+        "fsdp": "--use_fsdp --fsdp_version 2",
+    }[cfg.strategy]
+    return (
+        f"accelerate launch {flags} --num_processes {cfg.nproc * cfg.nnodes} --num_machines {cfg.nnodes} "
+        f"--machine_rank {cfg.node_rank} --main_process_ip {cfg.master_addr} --main_process_port {cfg.master_port} "
+        f"-m mft_train.worker {shlex.quote(cfg.config)}" + "".join(f" --set {shlex.quote(s)}" for s in cfg.sets)
+    )
 
 
 def launch_env(cfg: LaunchConfig) -> dict[str, str]:
@@ -84,16 +99,22 @@ def check_launch_environment(env: dict[str, str] | None = None, cuda: bool | Non
     env = dict(os.environ if env is None else env)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cuda:
-        raise ConfigError("accelerate's FSDP plugin is ignored on CPU: this would quietly train plain DDP",
-                          fix="use `mft-train launch --strategy fsdp` (torch fully_shard works on CPU)")
+        raise ConfigError(
+            "accelerate's FSDP plugin is ignored on CPU: this would quietly train plain DDP",
+            fix="use `mft-train launch --strategy fsdp` (torch fully_shard works on CPU)",
+        )
     if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and env.get("MASTER_ADDR") and not env.get("WORLD_SIZE"):
-        raise ConfigError("accelerate was asked for several CPU processes but started one (it does so silently)",
-                          fix="use `mft-train launch --nproc N --strategy ddp CONFIG` (torchrun)")
+        raise ConfigError(
+            "accelerate was asked for several CPU processes but started one (it does so silently)",
+            fix="use `mft-train launch --nproc N --strategy ddp CONFIG` (torchrun)",
+        )
     expected = env.get(WORLD_ENV)
     actual = int(env.get("WORLD_SIZE", "1"))
     if expected and int(expected) != actual:
-        raise ConfigError(f"expected {expected} processes but this one runs in a world of {actual}",
-                          fix="launch with `mft-train launch` (torchrun), not another launcher")
+        raise ConfigError(
+            f"expected {expected} processes but this one runs in a world of {actual}",
+            fix="launch with `mft-train launch` (torchrun), not another launcher",
+        )
 
 
 def init_distributed() -> None:

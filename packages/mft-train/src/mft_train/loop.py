@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -74,8 +74,9 @@ def forward_logits(model, mb: MicroBatch, bf16: bool, supervised_only: bool = Fa
     if supervised_only:
         kwargs["logits_to_keep"] = mb.targets.mask.to(device)
     with autocast(bf16):
-        out = model(input_ids=mb.input_ids.to(device), position_ids=mb.position_ids.to(device), use_cache=False,
-                    **kwargs)
+        out = model(
+            input_ids=mb.input_ids.to(device), position_ids=mb.position_ids.to(device), use_cache=False, **kwargs
+        )
     return out.logits
 
 
@@ -132,9 +133,13 @@ def train_step(parts: LoopParts, step: int) -> StepResult:
     dist.all_reduce_sum(loss_sum)
     dist.all_reduce_sum(sums)
     real_t = dist.all_reduce_sum(torch.tensor([real], dtype=torch.float64))
-    task_loss = {t: (sums[i] / counts.tokens[i]).item() if counts.tokens[i] > 0 else None for i, t in enumerate(parts.tasks)}
+    task_loss = {
+        t: (sums[i] / counts.tokens[i]).item() if counts.tokens[i] > 0 else None for i, t in enumerate(parts.tasks)
+    }
     task_tokens = {t: int(counts.tokens[i].item()) for i, t in enumerate(parts.tasks)}
-    return StepResult(loss_sum.item(), task_loss, task_tokens, grad_norm, int(real_t.item()), time.perf_counter() - start)
+    return StepResult(
+        loss_sum.item(), task_loss, task_tokens, grad_norm, int(real_t.item()), time.perf_counter() - start
+    )
 
 
 def _to(targets, device):
@@ -146,8 +151,15 @@ def _to(targets, device):
 
 
 @torch.no_grad()
-def evaluate(model, rows: Rows, tasks: tuple[str, ...], micro_batch_size: int, pad_id: int, bf16: bool,
-             indices: list[int] | None = None) -> dict[str, float | None]:
+def evaluate(
+    model,
+    rows: Rows,
+    tasks: tuple[str, ...],
+    micro_batch_size: int,
+    pad_id: int,
+    bf16: bool,
+    indices: list[int] | None = None,
+) -> dict[str, float | None]:
     """Token-mean loss per task over the valid split, or over ``indices`` of it (rows sharded over ranks, sums
     all-reduced, so every rank gets the same numbers)."""
     was_training = model.training
@@ -156,7 +168,7 @@ def evaluate(model, rows: Rows, tasks: tuple[str, ...], micro_batch_size: int, p
     sums = torch.zeros(n, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.float64)
     chosen = list(range(len(rows))) if indices is None else indices
-    mine = chosen[dist.rank()::dist.world_size()]
+    mine = chosen[dist.rank() :: dist.world_size()]
     per_rank = -(-len(chosen) // dist.world_size())  # the most any rank holds: every rank runs as many forwards
     for start in range(0, max(per_rank, 1), micro_batch_size):  # (sharded engines gather weights in each one)
         mb = collate(rows, mine[start : start + micro_batch_size], pad_id)

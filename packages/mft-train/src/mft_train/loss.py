@@ -61,14 +61,14 @@ class StepCounts:
     tokens: torch.Tensor  # [n_tasks] supervised targets per task (N_t)
     samples: torch.Tensor  # [n_tasks] samples with >= 1 supervised target per task (S_t)
 
-    def __add__(self, other: "StepCounts") -> "StepCounts":
+    def __add__(self, other: StepCounts) -> StepCounts:
         return StepCounts(self.tokens + other.tokens, self.samples + other.samples)
 
     def as_tensor(self) -> torch.Tensor:
         return torch.stack([self.tokens, self.samples])
 
     @staticmethod
-    def from_tensor(t: torch.Tensor) -> "StepCounts":
+    def from_tensor(t: torch.Tensor) -> StepCounts:
         return StepCounts(t[0], t[1])
 
 
@@ -77,8 +77,12 @@ def _sample_token_counts(targets: Targets) -> tuple[torch.Tensor, torch.Tensor]:
     mask = targets.mask.reshape(-1)
     sid = targets.sample_ids.reshape(-1)
     n_samples = int(sid.max().item()) + 1 if sid.numel() else 0
-    per_sample = torch.zeros(n_samples, dtype=torch.float64).index_add_(0, sid[mask], torch.ones_like(sid[mask], dtype=torch.float64))
-    sample_task = torch.full((n_samples,), -1, dtype=torch.long).scatter_(0, sid[mask], targets.task_ids.reshape(-1)[mask].long())
+    per_sample = torch.zeros(n_samples, dtype=torch.float64).index_add_(
+        0, sid[mask], torch.ones_like(sid[mask], dtype=torch.float64)
+    )
+    sample_task = torch.full((n_samples,), -1, dtype=torch.long).scatter_(
+        0, sid[mask], targets.task_ids.reshape(-1)[mask].long()
+    )
     return per_sample, sample_task
 
 

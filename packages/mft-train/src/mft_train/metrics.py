@@ -19,7 +19,9 @@ class MetricsLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         if tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -66,7 +68,9 @@ def plot_loss_per_task(metrics_path: Path, out: Path, extra_panel: str | None = 
     panels = 2 if extra_panel and any(extra_panel in r for r in records) else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
-    tasks = sorted({t for r in train for t in r.get("task_loss", {})} | {t for r in evals for t in r.get("task_loss", {})})
+    tasks = sorted(
+        {t for r in train for t in r.get("task_loss", {})} | {t for r in evals for t in r.get("task_loss", {})}
+    )
     for i, task in enumerate(tasks):
         color = f"C{i % 10}"
         pts = [(r["step"], r["task_loss"][task]) for r in train if r.get("task_loss", {}).get(task) is not None]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from mft_core.artifacts import resolve_model_dir
 from mft_core.errors import ConfigError
 from mft_core.families import FAMILIES
@@ -21,8 +20,10 @@ def load_tokenizer(model_dir: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.eos_token is None:
-        raise ConfigError(f"{model_dir}: the tokenizer has no EOS token, so the model could never learn to stop",
-                          fix="set eos_token in tokenizer_config.json")
+        raise ConfigError(
+            f"{model_dir}: the tokenizer has no EOS token, so the model could never learn to stop",
+            fix="set eos_token in tokenizer_config.json",
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad positions are never attended or trained
     return tokenizer
@@ -46,8 +47,10 @@ def check_model_fits(config, tokenizer, seq_len: int, model_dir: Path) -> None:
         )
     limit = max_positions(config)
     if limit is not None and seq_len > limit:
-        raise ConfigError(f"seq_len {seq_len} is above the model's maximum of {limit} positions",
-                          fix=f"--set seq_len={limit} (and tokenize the data with --seq-len {limit})")
+        raise ConfigError(
+            f"seq_len {seq_len} is above the model's maximum of {limit} positions",
+            fix=f"--set seq_len={limit} (and tokenize the data with --seq-len {limit})",
+        )
 
 
 def target_modules_for(cfg: TrainConfig, model) -> list[str] | str:
@@ -58,14 +61,18 @@ def target_modules_for(cfg: TrainConfig, model) -> list[str] | str:
     if not targets:
         family = FAMILIES.get(model.config.model_type)
         if family is None:
-            raise ConfigError(f"model type '{model.config.model_type}' is not in MFT's family table",
-                              fix="set target_modules (e.g. [q_proj, v_proj]) or target_modules: [all-linear]")
+            raise ConfigError(
+                f"model type '{model.config.model_type}' is not in MFT's family table",
+                fix="set target_modules (e.g. [q_proj, v_proj]) or target_modules: [all-linear]",
+            )
         targets = list(family.lora_targets)
     linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n, _ in model.named_modules())]
     if missing:
-        raise ConfigError(f"target modules not found in the model: {', '.join(missing)}",
-                          fix=f"linear layers that exist: {', '.join(linear_names)}")
+        raise ConfigError(
+            f"target modules not found in the model: {', '.join(missing)}",
+            fix=f"linear layers that exist: {', '.join(linear_names)}",
+        )
     return targets
 
 
@@ -76,8 +83,13 @@ def check_kbit_cpu(model_dir: Path) -> None:
 
     with init_empty_weights():
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    bad = sorted({f"{n} (in_features {m.in_features})" for n, m in meta.named_modules()
-                  if isinstance(m, torch.nn.Linear) and "lm_head" not in n and m.in_features % 64})
+    bad = sorted(
+        {
+            f"{n} (in_features {m.in_features})"
+            for n, m in meta.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lm_head" not in n and m.in_features % 64
+        }
+    )
     if bad:
         raise ConfigError(
             "QLoRA on CPU: bitsandbytes' 4-bit CPU kernel needs every quantized layer's in_features to be a "
@@ -132,8 +144,12 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
         if cpu:
             check_kbit_cpu(model_dir)
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": "cpu" if cpu else torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -147,13 +163,22 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.peft == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.grad_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules_for(cfg, model), use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules_for(cfg, model),
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     if cfg.bf16:
         # under bf16 autocast the matmuls cast to bf16 anyway; PEFT's own cast of every LoRA input to the fp32

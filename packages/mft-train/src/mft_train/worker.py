@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
 from mft_core.ui import cli_errors
 
 
 @cli_errors
-def run(config: Annotated[Path, typer.Argument()], sets: Annotated[Optional[list[str]], typer.Option("--set")] = None):
+def run(config: Annotated[Path, typer.Argument()], sets: Annotated[list[str] | None, typer.Option("--set")] = None):
     import torch.distributed as tdist
-
     from mft_core.config import build_config
 
     from .api import train
