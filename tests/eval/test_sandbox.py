@@ -217,6 +217,24 @@ def test_programs_import_stdlib_and_allowed_packages_only():
     assert rs[0].exc_type == rs[2].exc_type == "ModuleNotFoundError"
 
 
+def test_interpreter_paths_under_tmp_stay_importable_and_read_only(tmp_path, monkeypatch):
+    # A CI clone (or venv) under /tmp: the sandbox's private /tmp must not hide it, nor make it writable.
+    pkg = tmp_path / "probe_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "sub.py").write_text("Y = 2\n")  # not imported by the server: a program must read it from disk
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with Sandbox(workers=1, parked=0, packages=("numpy", "probe_pkg")) as box:
+        rs = box.run(
+            [
+                Job(0, "import probe_pkg.sub\nassert probe_pkg.sub.Y == 2", TIMEOUT),
+                Job(1, "import probe_pkg\nopen(probe_pkg.__file__ + '.x', 'w')", TIMEOUT),
+            ]
+        )
+    assert rs[0].passed, rs[0]
+    assert rs[1].status == "failed" and not (pkg / "__init__.py.x").exists()
+
+
 def test_minimal_isolation_still_cleans_up_and_times_out():
     """Without namespaces and cgroups (a machine that allows none), the guard, rlimits, process-group and /proc
     descendant sweep still apply. Only benign programs here."""

@@ -152,11 +152,22 @@ def setup_namespaces(cfg: dict) -> dict:
     tmpfs = []
     for target, size in (("/tmp", cfg.get("tmpfs_mb", 512)), ("/dev/shm", 64)):
         if os.path.isdir(target):
+            # An interpreter or venv living under /tmp (a CI clone, say) must stay importable under the tmpfs.
+            under = [p for p in interpreter_paths() if p != target and _inside(p, target)]
+            keep = {p: os.open(p, os.O_PATH) for p in _outermost(under)}
             try:
                 mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(size)}m,mode=1777")
                 tmpfs.append(target)
+                for path, fd in keep.items():
+                    os.makedirs(path, 0o755, exist_ok=True)
+                    mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+                    mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+                    info.setdefault("rebound", []).append(path)
             except OSError as exc:
                 info.setdefault("tmpfs_error", str(exc))
+            finally:
+                for fd in keep.values():
+                    os.close(fd)
     info["tmpfs"] = tmpfs
     info["mount"] = "private" + ("+readonly" if ro and not failed else "") + ("+tmpfs" if "/tmp" in tmpfs else "")
     return info
@@ -172,6 +183,15 @@ def interpreter_paths() -> list[str]:
         if os.path.isdir(real) and real not in out:
             out.append(real)
     return out
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """Drop every path that lies inside another one of ``paths``."""
+    return [p for p in paths if not any(q != p and _inside(p, q) for q in paths)]
 
 
 def _blocking_ancestor(path: str) -> str | None:
