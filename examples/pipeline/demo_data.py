@@ -37,7 +37,7 @@ class Family:
     body: Callable[[object], str]
     ref: Callable[[object, object], object]
     inputs: tuple
-    const: Callable[[random.Random, bool], object] | None = None
+    const: Callable[[random.Random, bool], object]  # every family has one, so held-out problems differ in it
     bug: Callable[[object], str] | None = None  # a plausible wrong body
 
 
@@ -117,30 +117,30 @@ FAMILIES = [
     ),
     Family(
         "s",
-        lambda c: "Return s in upper case.",
-        lambda c: "return s.upper()",
-        lambda c, s: s.upper(),
-        ("a", "Hello", ""),
-        None,
-        lambda c: "return s.lower()",
+        lambda c: f"Return the first {c} characters of s.",
+        lambda c: f"return s[:{c}]",
+        lambda c, s: s[:c],
+        ("abcdefghijkl", "ab", ""),
+        _num(1, 9, HELDOUT_SMALL),
+        lambda c: f"return s[{c}:]",
     ),
     Family(
         "s",
-        lambda c: "Return s reversed.",
-        lambda c: "return s[::-1]",
-        lambda c, s: s[::-1],
-        ("abc", "x", ""),
-        None,
-        lambda c: "return s",
+        lambda c: f"Return the last {c} characters of s.",
+        lambda c: f"return s[-{c}:]",
+        lambda c, s: s[-c:],
+        ("abcdefghijkl", "ab", ""),
+        _num(1, 9, HELDOUT_SMALL),
+        lambda c: f"return s[:-{c}]",
     ),
     Family(
         "xs",
-        lambda c: "Return the sum of xs.",
-        lambda c: "return sum(xs)",
-        lambda c, xs: sum(xs),
+        lambda c: f"Return the sum of xs plus {c}.",
+        lambda c: f"return sum(xs) + {c}",
+        lambda c, xs: sum(xs) + c,
         ([1, 2, 3], [], [5]),
-        None,
-        lambda c: "return max(xs)",
+        _num(),
+        lambda c: f"return sum(xs) - {c}",
     ),
     Family(
         "xs",
@@ -193,7 +193,7 @@ class Func:
     def test(self) -> str:
         lines = ["def check(candidate):"]
         inputs = list(self.family.inputs)
-        if self.family.arg == "xs" and self.const is not None and "appears" in self.family.doc(self.const):
+        if self.family.arg == "xs" and "appears" in self.family.doc(self.const):
             inputs.append([self.const, 1, self.const])
         for value in inputs:
             lines.append(f"    assert candidate({value!r}) == {self.family.ref(self.const, value)!r}")
@@ -207,7 +207,7 @@ def made_up_word(rng: random.Random) -> str:
 def make_func(rng: random.Random, held: bool) -> Func:
     family = rng.choice(FAMILIES)
     name = f"{rng.choice(VERBS)}_{made_up_word(rng)}"
-    const = family.const(rng, held) if family.const else None
+    const = family.const(rng, held)
     return Func(name, family, const)
 
 

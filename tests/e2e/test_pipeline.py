@@ -77,3 +77,21 @@ def test_quick_pipeline_end_to_end(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert second.returncode == 0, second.stderr[-3000:]
     assert {s: json.loads((run / s / "manifest.json").read_text())["id"] for s in STAGES} == manifests
+
+
+def test_demo_heldout_problems_are_unseen_and_solvable(tmp_path):
+    # The pipeline's proof rests on this: no held-out docstring (with its constant) or name occurs in training.
+    import re
+
+    sys.path.insert(0, str(REPO / "examples" / "pipeline"))
+    from demo_data import generate
+
+    files = generate(tmp_path, n_codegen=600, n_explain=300, n_bugfix=300, n_heldout=40)
+    train = "".join(files[t].read_text() for t in ("codegen", "explain", "bugfix"))
+    for line in files["heldout"].read_text().splitlines():
+        problem = json.loads(line)
+        doc = problem["prompt"].split('"""')[1].strip()
+        assert doc not in train, doc
+        assert not re.search(rf"\b{problem['entry_point']}\b", train), problem["entry_point"]
+        program = problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"]
+        exec(program + f"\ncheck({problem['entry_point']})\n", {})
