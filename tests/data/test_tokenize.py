@@ -111,6 +111,15 @@ def test_split_folders_give_train_and_valid(tmp_path, llama_base):
     assert all(len(r) == 1 for r in data.valid["seq_lens"])
 
 
+def test_an_empty_valid_split_gives_train_only(tmp_path, llama_base):
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(10)]
+    folder = format_folder(tmp_path / "data", {"a": rows}, split=0.0)
+    out = tmp_path / "tok"
+    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(llama_base), out=str(out), seq_len=64))
+    data = load_tokenized(out)
+    assert data.valid is None and sum(len(r) for r in data.train["seq_lens"]) == 10
+
+
 def test_tokenize_is_deterministic_and_up_to_date(formatted, llama_base, tmp_path):
     cfg = dict(folder=str(formatted), tokenizer=str(llama_base), seq_len=96)
     tokenize_folder(TokenizeConfig(out=str(tmp_path / "a"), **cfg))

@@ -18,7 +18,7 @@ from mft_core.manifest import read_manifest
 from .config import DecontamConfig, FormatConfig, SplitConfig, StatsConfig, TokenizeConfig, ValidateConfig
 from .decontam import Matcher, humaneval_texts, record_text
 from .encode import ChatEncoder, Encoded, chat_template_of
-from .folder import update_folder_manifest, write_jsonl_atomic
+from .folder import Progress, begin_edit, load_summary, update_folder_manifest, write_jsonl_atomic
 from .formatting import FormatResult, format_task
 from .splitting import split_ids
 from .text_data import TextTokenizeConfig, tokenize_text_files
@@ -73,14 +73,15 @@ class DecontamReport:
         return sum(len(v) for v in self.matched.values())
 
 
-def decontaminate(cfg: DecontamConfig) -> DecontamReport:
+def decontaminate(cfg: DecontamConfig, progress: Progress | None = None) -> DecontamReport:
     """Drop (or flag in ``meta.contamination``) records sharing a word n-gram with HumanEval."""
     folder = Path(cfg.folder)
-    summary = read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND).summary
+    summary, _, resuming = load_summary(folder, "decontaminate", required=True)
     done = summary.get("decontamination") or {}
     settings = {"against": cfg.against, "ngram": cfg.ngram, "mode": cfg.mode}
     if (
-        done
+        not resuming
+        and done
         and set(done) == set(summary["tasks"])
         and all({k: d.get(k) for k in settings} == settings for d in done.values())
     ):
@@ -89,7 +90,8 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
         )
     matcher = Matcher(humaneval_texts(cfg.problems), cfg.ngram)
     report = DecontamReport(cfg.ngram, cfg.mode)
-    for task in task_names(folder):
+    begin_edit(folder, "decontaminate")
+    for task in summary["tasks"]:
         hits: dict[str, list[str]] = {}
         for split, name in SPLIT_FILES.items():
             path = folder / task / name
@@ -97,6 +99,8 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
                 continue
             kept = []
             for record in iter_task_records(folder, task, split):
+                if progress:
+                    progress(f"{task}/{name}", 1, None)
                 problems = matcher.matches(record_text(record))
                 if problems:
                     hits[record["id"]] = problems
@@ -128,7 +132,7 @@ def decontaminate(cfg: DecontamConfig) -> DecontamReport:
                 t: [_count(folder / t / "train.jsonl"), _count(folder / t / "valid.jsonl")] for t in report.matched
             }
 
-    update_folder_manifest(folder, mutate)
+    update_folder_manifest(folder, "decontaminate", mutate)
     return report
 
 
@@ -146,12 +150,14 @@ class SplitReport:
 def split_folder(cfg: SplitConfig) -> SplitReport:
     """Write ``train.jsonl``/``valid.jsonl`` per task (data.jsonl is kept), then the manifest."""
     folder = Path(cfg.folder)
-    summary = read_manifest(folder, "formatted-data", made_by=FORMAT_COMMAND).summary
+    summary, _, resuming = load_summary(folder, "split", required=True)
     done = summary.get("split") or {}
-    if done.get("valid_ratio") == cfg.valid_ratio and done.get("seed") == cfg.seed and "counts" in done:
+    same = done.get("valid_ratio") == cfg.valid_ratio and done.get("seed") == cfg.seed and "counts" in done
+    if same and not resuming:
         return SplitReport({t: tuple(c) for t, c in done["counts"].items()}, up_to_date=True)
     counts = {}
-    for task in task_names(folder):
+    begin_edit(folder, "split")
+    for task in summary["tasks"]:
         records = list(iter_task_records(folder, task))
         valid = split_ids([str(r["id"]) for r in records], cfg.valid_ratio, cfg.seed)
         train_n = write_jsonl_atomic(folder / task / "train.jsonl", (r for r in records if str(r["id"]) not in valid))
@@ -166,7 +172,7 @@ def split_folder(cfg: SplitConfig) -> SplitReport:
             "counts": {t: list(c) for t, c in counts.items()},
         }
 
-    update_folder_manifest(folder, mutate)
+    update_folder_manifest(folder, "split", mutate)
     return SplitReport(counts)
 
 

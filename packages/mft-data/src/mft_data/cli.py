@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,22 @@ app = make_app(
     "Instruction data -> MFT's unified chat folders -> token datasets.\n\n"
     "Typical flow: format (once per task) -> validate -> decontaminate -> split -> tokenize."
 )
+
+
+@contextlib.contextmanager
+def bars(verb: str):
+    """Progress bars for a library call: one bar per label the call reports (a file, task or split)."""
+    with progress() as bar:
+        handles: dict[str, int] = {}
+
+        def on_progress(label: str, n: int, total: int | None) -> None:
+            if label not in handles:
+                handles[label] = bar.add_task(f"{verb} {label}", total=total, info="")
+            bar.advance(handles[label], n)
+
+        yield on_progress
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with this command's settings; flags win.")]
 
 
@@ -54,7 +71,8 @@ def format_cmd(
             overwrite=overwrite,
         ),
     )
-    result = format_task(cfg)
+    with bars("format") as on_progress:
+        result = format_task(cfg, on_progress)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: task {result.task} in {result.folder} ({result.records} records)")
         return
@@ -72,7 +90,8 @@ def validate(
     tokenizer: Annotated[str | None, typer.Option(help="Model/tokenizer folder, to check token lengths.")] = None,
     max_chars: Annotated[int | None, typer.Option(help="Flag records longer than this (characters).")] = None,
     max_tokens: Annotated[
-        int | None, typer.Option(help="Flag records longer than this (tokens; needs --tokenizer).")
+        int | None,
+        typer.Option(help="Flag records longer than this (tokens; needs --tokenizer; default: its model_max_length)."),
     ] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="Exit 3 when anything is wrong.")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
@@ -86,7 +105,8 @@ def validate(
         config,
         dict(folder=folder, tokenizer=tokenizer, max_chars=max_chars, max_tokens=max_tokens, strict=strict),
     )
-    result = validate_folder(cfg)
+    with bars("validate") as on_progress:
+        result = validate_folder(cfg, on_progress)
     table = Table("task", "records", "problems", title=f"validate {folder}")
     for name, t in result.tasks.items():
         detail = ", ".join(f"{k}: {v}" for k, v in t.problems.items()) or "[green]none[/]"
@@ -122,7 +142,8 @@ def decontaminate(
     cfg = build_config(
         C.DecontamConfig, config, dict(folder=folder, against=against, ngram=ngram, mode=mode, problems=problems)
     )
-    report = run(cfg)
+    with bars("decontaminate") as on_progress:
+        report = run(cfg, on_progress)
     if report.up_to_date:
         console.print(f"[green]up to date[/]: {folder} was already decontaminated with these settings")
     for task, hits in report.matched.items():
@@ -186,14 +207,7 @@ def tokenize(
             overwrite=overwrite,
         ),
     )
-    with progress() as bar:
-        handles: dict[str, int] = {}
-
-        def on_progress(name: str, n: int, total: int) -> None:
-            if name not in handles:
-                handles[name] = bar.add_task(f"tokenize {name}", total=total, info="")
-            bar.advance(handles[name], n)
-
+    with bars("tokenize") as on_progress:
         result = tokenize_folder(cfg, on_progress)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: {result.out}")
@@ -237,6 +251,18 @@ def stats(
             str(s["total"]),
         )
     console.print(table)
+    for task, s in result["tasks"].items():
+        console.print(_histogram_table(task, unit, s["histogram"]))
+
+
+def _histogram_table(task: str, unit: str, histogram: dict) -> Table:
+    """One row per bin: its range, count and a bar scaled to the largest bin."""
+    counts, edges = histogram["counts"], histogram["edges"]
+    peak = max(counts) or 1
+    table = Table(f"{unit}", "records", "", title=f"{task}: length histogram", title_justify="left")
+    for count, lo, hi in zip(counts, edges, edges[1:]):
+        table.add_row(f"{lo:.0f}-{hi:.0f}", str(count), "#" * round(30 * count / peak))
+    return table
 
 
 def main() -> None:

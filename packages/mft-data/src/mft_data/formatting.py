@@ -14,7 +14,7 @@ from mft_core.schema import validate_record
 
 from . import __version__
 from .config import FormatConfig
-from .folder import TOOL, load_summary, update_folder_manifest, write_jsonl_atomic
+from .folder import TOOL, Progress, begin_edit, load_summary, update_folder_manifest, write_jsonl_atomic
 from .formats import CONVERTERS, FORMATS, Remap, RowError, detect_format
 from .readers import Row, read_rows
 
@@ -38,8 +38,9 @@ class _Rejects:
 
     def add(self, row: Row, field_name: str | None, message: str) -> None:
         if not self.skip:
+            at = f" (field {field_name})" if field_name else ""
             raise InputError(
-                f"{row.where}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside"
+                f"{row.where}{at}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside"
             )
         self.rows.append(
             {
@@ -68,9 +69,12 @@ def _convert_file(
     out: list,
     result: FormatResult,
     seen_ids: dict[str, str],
+    progress: Progress | None = None,
 ) -> None:
     fixed_format = None if cfg.source_format == "auto" else cfg.source_format
     for row in read_rows(path):
+        if progress:
+            progress(os.path.basename(path), 1, None)
         if row.error is not None:
             rejects.add(row, None, row.error)
             continue
@@ -113,7 +117,7 @@ def _convert_file(
         result.formats[fmt] = result.formats.get(fmt, 0) + 1
 
 
-def format_task(cfg: FormatConfig) -> FormatResult:
+def format_task(cfg: FormatConfig, progress: Progress | None = None) -> FormatResult:
     """Convert ``cfg.inputs`` into task ``cfg.task`` of folder ``cfg.out`` (other tasks are kept).
 
     Raises:
@@ -128,13 +132,15 @@ def format_task(cfg: FormatConfig) -> FormatResult:
     inputs = tuple(InputRef.of(p) for p in cfg.inputs)
     task_config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite")}
     fingerprint = compute_fingerprint("formatted-data", TOOL, __version__, task_config, inputs)
-    summary, _ = load_summary(folder) if folder.is_dir() else ({"tasks": {}}, ())
+    command = f"format --task {cfg.task}"
+    summary, _, resuming = load_summary(folder, command) if folder.is_dir() else ({"tasks": {}}, (), False)
     existing = summary["tasks"].get(cfg.task)
     result = FormatResult(cfg.task, folder)
-    if existing and existing.get("fingerprint") == fingerprint and (folder / cfg.task / "data.jsonl").is_file():
+    fresh = existing and existing.get("fingerprint") == fingerprint and (folder / cfg.task / "data.jsonl").is_file()
+    if fresh and not resuming:
         result.records, result.rejected, result.up_to_date = existing["records"], existing.get("rejected", 0), True
         return result
-    if existing and not cfg.overwrite:
+    if existing and not cfg.overwrite and not resuming:
         raise ConfigError(
             f"task '{cfg.task}' already exists in {folder} (from other inputs or settings)",
             fix="pass --overwrite to replace it, or choose another --task",
@@ -142,7 +148,7 @@ def format_task(cfg: FormatConfig) -> FormatResult:
 
     rejects, records, seen = _Rejects(cfg.skip_invalid), [], {}
     for path in cfg.inputs:
-        _convert_file(path, cfg, remap, rejects, records, result, seen)
+        _convert_file(path, cfg, remap, rejects, records, result, seen, progress)
     if not records:
         raise InputError(
             f"no usable record in {', '.join(cfg.inputs)}"
@@ -150,6 +156,8 @@ def format_task(cfg: FormatConfig) -> FormatResult:
             fix="check the files (see rejects with --skip-invalid)",
         )
     result.records, result.rejected = len(records), len(rejects.rows)
+    if folder.is_dir():
+        begin_edit(folder, command)
     _write_task_dir(folder, cfg.task, records, rejects.rows)
 
     def mutate(s: dict[str, Any]) -> None:
@@ -164,7 +172,7 @@ def format_task(cfg: FormatConfig) -> FormatResult:
         if s.get("decontamination"):
             s["decontamination"].pop(cfg.task, None)
 
-    update_folder_manifest(folder, mutate, inputs)
+    update_folder_manifest(folder, command, mutate, inputs)
     return result
 
 

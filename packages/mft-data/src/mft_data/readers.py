@@ -25,13 +25,14 @@ class Row:
     """One input row and where it came from."""
 
     file: str
-    line: int
+    line: int  # the line of a JSONL/CSV file, the 1-based item of a JSON array or Parquet table
     data: Any
     error: str | None = None  # set when the row could not be decoded; the caller reports or rejects it
+    unit: str = ""  # "" for lines, "item " or "row " where ``line`` counts records
 
     @property
     def where(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.unit}{self.line}"
 
 
 def container_of(path: Path) -> str:
@@ -53,14 +54,13 @@ def _open_bytes(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+
+
 def _decode(raw: bytes, path: Path, line: int) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
-            fix="re-encode the file as UTF-8, or pass --skip-invalid to reject such lines",
-        ) from None
+    """UTF-8 text without a BOM; raises UnicodeDecodeError (JSONL rows) to be reported at their line."""
+    text = raw.decode("utf-8")
     return text.lstrip("\ufeff") if line == 1 else text
 
 
@@ -91,8 +91,8 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
         for line_no, raw in enumerate(handle, 1):
             try:
                 text = _decode(raw, path, line_no)
-            except InputError as exc:
-                yield Row(str(path), line_no, None, exc.message)
+            except UnicodeDecodeError as exc:
+                yield Row(str(path), line_no, None, _not_utf8(raw, exc))
                 continue
             if not text.strip():
                 continue
@@ -107,12 +107,14 @@ def _read_json_array(path: Path) -> Iterator[Row]:
         raw = handle.read()
     try:
         data = json.loads(_decode(raw, path, 1))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: {_not_utf8(raw, exc)}", fix="re-encode the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON array of records (or JSONL), found {type(data).__name__}")
     for index, item in enumerate(data, 1):
-        yield Row(str(path), index, item)
+        yield Row(str(path), index, item, unit="item ")
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
@@ -120,7 +122,7 @@ def _read_parquet(path: Path) -> Iterator[Row]:
 
     table = pq.read_table(path)
     for index, item in enumerate(table.to_pylist(), 1):
-        yield Row(str(path), index, item)
+        yield Row(str(path), index, item, unit="row ")
 
 
 def _read_csv(path: Path) -> Iterator[Row]:

@@ -225,6 +225,8 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
                     task_lines = [line for line in handle if line.strip()]
                 lines += task_lines
                 line_tasks += [task_id] * len(task_lines)
+            if not lines and split == "valid":
+                continue  # `split --valid-ratio 0`: no valid split, as if the folder had not been split
             report = progress and (lambda n, s=split, total=len(lines): progress(s, n, total))
             encoded = encode_lines(lines, cfg.tokenizer, cfg.num_proc, cfg.batch_size, report)
             for (rid, enc), task_id in zip(encoded, line_tasks):

@@ -11,9 +11,12 @@ from pathlib import Path
 
 from mft_core.artifacts import load_tokenizer
 from mft_core.datafolder import iter_task_records, task_names
+from mft_core.manifest import read_manifest
 from mft_core.schema import conversation_problems, validate_record
 
 from .config import ValidateConfig
+from .encode import ChatEncoder
+from .folder import Progress
 
 _WS = re.compile(r"\s+")
 MAX_EXAMPLES = 5
@@ -60,19 +63,26 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def validate_folder(cfg: ValidateConfig) -> ValidationReport:
+def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> ValidationReport:
     """Check every record of every task; never stops at the first problem."""
-    tokenizer = None
+    encoder, max_tokens = None, cfg.max_tokens
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
+        # the text as training renders it (the tokenizer's template, else MFTCoder's default)
+        encoder = ChatEncoder(tokenizer)
+        if max_tokens is None and 0 < (tokenizer.model_max_length or 0) < 10**7:
+            max_tokens = tokenizer.model_max_length  # without --max-tokens, the tokenizer's own limit
     report = ValidationReport(cfg.folder, {})
     for task in task_names(cfg.folder):
         tr = report.tasks.setdefault(task, TaskReport(task))
         exact: dict[str, str] = {}
         normal: dict[str, str] = {}
         path = Path(cfg.folder) / task / "data.jsonl"
+        total = read_manifest(cfg.folder).summary["tasks"][task]["records"]
         for index, record in enumerate(iter_task_records(cfg.folder, task)):
             tr.records += 1
+            if progress:
+                progress(task, 1, total)
             rid = record.get("id", f"#{index}")
             where = f"{path}:{index + 1} (id {rid})"
             for problem in validate_record(record, index) + (
@@ -92,8 +102,8 @@ def validate_folder(cfg: ValidateConfig) -> ValidationReport:
             chars = sum(len(str(r.get("content", ""))) for r in rounds)
             if chars > cfg.max_chars:
                 tr.add(f"over {cfg.max_chars} chars", f"{where} has {chars} chars")
-            if tokenizer is not None and cfg.max_tokens:
-                n = len(tokenizer.apply_chat_template(rounds, tokenize=True, return_dict=False))
-                if n > cfg.max_tokens:
-                    tr.add(f"over {cfg.max_tokens} tokens", f"{where} has {n} tokens")
+            if encoder is not None and max_tokens:
+                n = len(encoder.tokenizer(encoder.render([rounds])[0], add_special_tokens=False)["input_ids"])
+                if n > max_tokens:
+                    tr.add(f"over {max_tokens} tokens", f"{where} has {n} tokens")
     return report
