@@ -132,6 +132,11 @@ def main() -> None:
     peft = run("peft", work)
     mft_layers = run("mft:layers", work)
     mft_none = run("mft:none", work)
+    # the CLI default: logits when two copies of the model fit in memory (here they do), else layers
+    mft_auto = run("mft:auto", work)
+    from mft_core.manifest import read_manifest
+
+    auto_check = read_manifest(os.path.join(work, "mft-out-auto")).summary["verification"]["check"]
     diff = compare(os.path.join(work, "peft-out"), os.path.join(work, "mft-out-layers"))
     write_result(
         "merge_memory",
@@ -143,8 +148,10 @@ def main() -> None:
             "peft": {k: round(v, 1) for k, v in peft.items()},
             "mft_merge_verify_layers": {k: round(v, 1) for k, v in mft_layers.items()},
             "mft_merge_no_verify": {k: round(v, 1) for k, v in mft_none.items()},
+            "mft_merge_default_auto": {**{k: round(v, 1) for k, v in mft_auto.items()}, "check": auto_check},
             "rss_ratio": round(mft_layers["peak_rss_mib"] / peft["peak_rss_mib"], 3),
             "rss_ratio_no_verify": round(mft_none["peak_rss_mib"] / peft["peak_rss_mib"], 3),
+            "rss_ratio_default_auto": round(mft_auto["peak_rss_mib"] / peft["peak_rss_mib"], 3),
             "time_ratio": round(mft_layers["seconds"] / peft["seconds"], 2),
             "max_abs_diff_vs_peft": diff,
             "goal": "peak RSS <= 0.4x PEFT's, same output",

@@ -34,8 +34,14 @@ def headline(name: str, r: dict) -> tuple[str, str, str]:
         return (
             "peak RSS of a LoRA merge, 2 GB fp32 model",
             r["peer"],
-            f"{r['rss_ratio']}x RSS with streamed verification ({r['rss_ratio_no_verify']}x without); "
-            f"max diff vs PEFT {r['max_abs_diff_vs_peft']}",
+            f"{r['rss_ratio']}x RSS with streamed verification ({r['rss_ratio_no_verify']}x without"
+            + (
+                f"; the default --verify auto chose {r['mft_merge_default_auto']['check']}: "
+                f"{r['rss_ratio_default_auto']}x"
+                if "rss_ratio_default_auto" in r
+                else ""
+            )
+            + f"); max diff vs PEFT {r['max_abs_diff_vs_peft']}",
         )
     if name == "quant_quality":
         inc = r["relative_increase"]
@@ -67,10 +73,11 @@ def collect() -> str:
 
 
 def main() -> None:
-    only = sys.argv[1:]
+    only = [a for a in sys.argv[1:] if a != "--collect"]
+    collect_only = "--collect" in sys.argv[1:]  # rebuild the table from bench/results/ without running anything
     failed = []
     for name in ORDER:
-        if only and name not in only:
+        if collect_only or (only and name not in only):
             continue
         script = HERE / f"{name}.py"
         if not script.is_file():

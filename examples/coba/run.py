@@ -73,7 +73,7 @@ def train(work: Path, base: Path, mode: str, steps: int) -> Path:
 
 def curves(out: Path) -> tuple[list[dict], list[dict]]:
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "eval"], [r for r in rows if r["kind"] == "train" and "task_weights" in r]
+    return [r for r in rows if r["kind"] == "eval"], [r for r in rows if r["kind"] == "balance"]
 
 
 def plot(runs: dict[str, tuple[list, list]], path: Path) -> None:

@@ -20,21 +20,26 @@ def _pass1(run: Path, name: str) -> tuple[str, str]:
     return (f"{100 * p1:.1f} %" if p1 is not None else "n/a"), str(n)
 
 
-def write_report(run: Path, timings: dict[str, float]) -> Path:
+def write_report(run: Path, timings: dict[str, float], model: str | None = None) -> Path:
     train = _json(run / "train" / "manifest.json").get("summary", {})
     merged = _json(run / "merged" / "manifest.json").get("summary", {})
     quant = _json(run / "quant" / "manifest.json").get("summary", {})
     pretrain = _json(run / "pretrain" / "manifest.json").get("summary", {})
-    lines = ["# MFT pipeline report (built-in demo)", ""]
+    lines = ["# MFT pipeline report (built-in demo)" if model is None else f"# MFT pipeline report ({model})", ""]
+    base_text = (
+        "A tiny llama (random init, tokenizer trained here) continued-pretrained on the Python standard library,"
+        if model is None
+        else f"The base model {model},"
+    )
     lines += [
-        "A tiny llama (random init, tokenizer trained here) continued-pretrained on the Python standard library,",
-        "then LoRA-fine-tuned on three demo coding tasks at once (code generation, explanation, bug fixing) with",
-        "the task-balanced loss, merged, quantized to 4-bit GPTQ and evaluated.",
+        base_text,
+        "then fine-tuned on three demo coding tasks at once (code generation, explanation, bug fixing) with",
+        f"the `{train.get('loss_mode')}` loss, merged, quantized to 4-bit GPTQ and evaluated.",
         "",
     ]
     lines += ["## pass@1 (greedy)", "", "| model | held-out demo problems | HumanEval |", "|---|---|---|"]
     base, n_demo = _pass1(run, "eval-demo-base")
-    lines.append(f"| base (pretrained, not fine-tuned) | {base} | |")
+    lines.append(f"| base ({'pretrained, ' if model is None else ''}not fine-tuned) | {base} | |")
     merged_demo, _ = _pass1(run, "eval-demo-merged")
     he, n_he = _pass1(run, "eval-humaneval-merged")
     lines.append(f"| fine-tuned, merged | {merged_demo} | {he} ({n_he} problems) |")
@@ -43,10 +48,14 @@ def write_report(run: Path, timings: dict[str, float]) -> Path:
     lines += [
         "",
         f"Held-out demo problems: {n_demo}, from the code-generation family with function names and constants",
-        "never seen in training. HumanEval needs far more than a model of a few million parameters trained for",
-        "minutes on a CPU, so it stays near 0 here; the same commands scale to real models (see examples/).",
+        "never seen in training.",
         "",
     ]
+    if model is None:
+        lines[-1:-1] = [
+            "HumanEval needs far more than a model of a few million parameters trained for minutes on a CPU, so",
+            "it stays near 0 here; the same commands scale to real models (see examples/ and `--model`).",
+        ]
     final_eval = (train.get("final_eval") or {}).get("task_loss", {})
     final_train = (train.get("final_train") or {}).get("task_loss", {})
     lines += [
@@ -90,7 +99,9 @@ def write_report(run: Path, timings: dict[str, float]) -> Path:
         "",
         "## Stages",
         "",
-        f"Pretraining: {pretrain.get('steps')} steps, {pretrain.get('tokens_seen', 0):,} tokens.",
+        f"Pretraining: {pretrain.get('steps')} steps, {pretrain.get('tokens_seen', 0):,} tokens."
+        if pretrain
+        else f"Base model: {model} (no pretraining stage).",
         "",
         "| stage | seconds |",
         "|---|---|",

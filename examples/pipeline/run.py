@@ -10,6 +10,10 @@ Stages (each a plain CLI call writing a folder with its manifest under runs/pipe
  6. mft-eval on the held-out demo problems (base, merged, quantized) and on HumanEval (merged);
  7. report.md with per-task losses, merge check, quantization change and the pass@1 table.
 `--quick` shrinks every stage (used by tests/e2e); numbers then mean little.
+
+A real model, same chain (stage 1 is skipped; the YAML's seq_len, epochs and LoRA settings are used), on a GPU:
+    make pipeline ARGS="--model Qwen/Qwen2.5-Coder-7B --config examples/configs/qwen2.5-coder-7b-lora.yaml \
+                         --run-dir runs/qwen7b"
 """
 
 from __future__ import annotations
@@ -53,17 +57,29 @@ QUICK = dict(
 )
 
 
+DEMO_CONFIG = REPO / "examples" / "configs" / "pipeline-lora.yaml"
+
+
 class Pipeline:
-    def __init__(self, run_dir: Path, settings: dict):
+    def __init__(self, run_dir: Path, settings: dict, model: str | None = None, config: Path = DEMO_CONFIG):
+        import yaml
+
         self.run = run_dir
         self.s = settings
         self.timings: dict[str, float] = {}
+        self.model = model  # a real base (folder or hub id) instead of the tiny one built in stage 1
+        self.base_model = model or str(run_dir / "pretrain")
+        self.config = config
+        self.seq_len = int((yaml.safe_load(config.read_text()) or {}).get("seq_len", 512))
 
     def sh(self, stage: str, *args: str) -> None:
         """Run one tool; stop the pipeline on a non-zero exit, as `make` would."""
         start = time.time()
         print(f"\n== {stage}: {' '.join(str(a) for a in args)}", flush=True)
-        proc = subprocess.run([str(a) for a in args], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = dict(os.environ)
+        if self.model is None:  # the built-in demo never needs the hub; a real model may have to be downloaded
+            env["HF_HUB_OFFLINE"] = "1"
+        proc = subprocess.run([str(a) for a in args], env=env)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - start
         if proc.returncode != 0:
             raise SystemExit(f"stage '{stage}' failed with exit code {proc.returncode}")
@@ -74,6 +90,8 @@ class Pipeline:
     # ---- stages ------------------------------------------------------------------------------------------------
     def base(self) -> None:
         r, s = self.run, self.s
+        if self.model is not None:
+            return
         self.sh(
             "init-base",
             self.tool("mft-train"),
@@ -143,31 +161,21 @@ class Pipeline:
             "tokenize",
             r / "data",
             "--tokenizer",
-            r / "pretrain",
+            self.base_model,
             "--out",
             r / "tok",
             "--seq-len",
-            "512",
+            str(self.seq_len),
             "--num-proc",
             str(min(4, os.cpu_count() or 1)),
         )
 
     def train(self) -> None:
         r = self.run
-        self.sh(
-            "train",
-            self.tool("mft-train"),
-            "run",
-            REPO / "examples" / "configs" / "pipeline-lora.yaml",
-            "--set",
-            f"model={r / 'pretrain'}",
-            "--set",
-            f"data={r / 'tok'}",
-            "--set",
-            f"output_dir={r / 'train'}",
-            "--set",
-            f"epochs={self.s['epochs']}",
-        )
+        sets = [f"model={self.base_model}", f"data={r / 'tok'}", f"output_dir={r / 'train'}"]
+        if self.config == DEMO_CONFIG:
+            sets.append(f"epochs={self.s['epochs']}")  # --quick shortens the demo; a real config keeps its own
+        self.sh("train", self.tool("mft-train"), "run", self.config, *[a for x in sets for a in ("--set", x)])
 
     def merge(self) -> None:
         self.sh("merge", self.tool("mft-merge"), self.run / "train", "--out", self.run / "merged")
@@ -196,7 +204,7 @@ class Pipeline:
     def evaluate(self) -> None:
         r, s = self.run, self.s
         common = ["--prompt", "chat", "--max-new-tokens", str(s["new_tokens"]), "--batch-size", "8"]
-        for name, model in (("base", r / "pretrain"), ("merged", r / "merged"), ("quant", r / "quant")):
+        for name, model in (("base", self.base_model), ("merged", r / "merged"), ("quant", r / "quant")):
             self.sh(
                 f"eval-demo-{name}",
                 self.tool("mft-eval"),
@@ -223,7 +231,7 @@ class Pipeline:
     def report(self) -> Path:
         from report import write_report
 
-        path = write_report(self.run, self.timings)
+        path = write_report(self.run, self.timings, self.model)
         print(f"\nreport: {path}")
         return path
 
@@ -233,11 +241,13 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "pipeline")
     parser.add_argument("--quick", action="store_true", help="tiny settings for tests (numbers mean little)")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    parser.add_argument("--model", help="a real base model (folder or hub id) instead of the built-in tiny one")
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="mft-train YAML for the fine-tuning stage")
     args = parser.parse_args()
     if args.fresh:
         shutil.rmtree(args.run_dir, ignore_errors=True)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(args.run_dir, QUICK if args.quick else FULL)
+    pipeline = Pipeline(args.run_dir, QUICK if args.quick else FULL, args.model, args.config.resolve())
     started = time.time()
     for stage in (pipeline.base, pipeline.data, pipeline.train, pipeline.merge, pipeline.quantize, pipeline.evaluate):
         stage()

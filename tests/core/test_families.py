@@ -49,3 +49,17 @@ def test_unknown_family_lists_known():
 def test_presets_fit_quantization_kernels():
     for sizes in PRESETS.values():
         assert sizes["hidden"] % 128 == 0 and sizes["intermediate"] % 128 == 0
+
+
+@pytest.mark.parametrize(
+    "model_type,unk,expected", [("llama", "<unk>", "<unk>"), ("llama", None, "</s>"), ("qwen2", "<unk>", "</s>")]
+)
+def test_pad_policy_is_what_training_uses(tmp_path, model_type, unk, expected):
+    import json
+    from types import SimpleNamespace
+
+    from mft_train.modeling import fallback_pad
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    tokenizer = SimpleNamespace(unk_token=unk, eos_token="</s>")
+    assert fallback_pad(tokenizer, tmp_path) == expected

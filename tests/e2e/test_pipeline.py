@@ -95,3 +95,25 @@ def test_demo_heldout_problems_are_unseen_and_solvable(tmp_path):
         assert not re.search(rf"\b{problem['entry_point']}\b", train), problem["entry_point"]
         program = problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"]
         exec(program + f"\ncheck({problem['entry_point']})\n", {})
+
+
+def test_pipeline_with_a_real_model_and_config_skips_the_tiny_base(tmp_path, monkeypatch):
+    # `make pipeline ARGS="--model M --config C"`: the same stages with M as the base and C's settings
+    sys.path.insert(0, str(REPO / "examples" / "pipeline"))
+    import run as pipeline_run
+
+    calls = []
+    pipeline = pipeline_run.Pipeline(
+        tmp_path, pipeline_run.QUICK, "Org/Coder-7B", REPO / "examples" / "configs" / "qwen2.5-coder-7b-lora.yaml"
+    )
+    monkeypatch.setattr(pipeline, "sh", lambda stage, *args: calls.append((stage, [str(a) for a in args])))
+    for stage in (pipeline.base, pipeline.data, pipeline.train, pipeline.evaluate):
+        stage()
+    stages = dict(calls)
+    assert "init-base" not in stages and "pretrain" not in stages
+    tok = stages["tokenize"]
+    assert tok[tok.index("--tokenizer") + 1] == "Org/Coder-7B" and tok[tok.index("--seq-len") + 1] == "4096"
+    train = stages["train"]
+    assert train[2].endswith("qwen2.5-coder-7b-lora.yaml") and "model=Org/Coder-7B" in train
+    assert not any(a.startswith("epochs=") for a in train)  # the config's own epochs
+    assert stages["eval-demo-base"][2] == "Org/Coder-7B"

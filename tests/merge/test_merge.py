@@ -172,6 +172,31 @@ def test_simulate_nf4_matches_qlora_view(llama_base, tmp_path):
     assert not torch.allclose(merged_logits(tmp_path / "m"), adapter_logits(llama_base, adapter), atol=1e-3)
 
 
+def test_nf4_roundtrip_equals_the_weights_qlora_really_trains_on(llama_base):
+    # the base as mft-train's QLoRA loads it (bf16 then nf4, double quant), dequantized, vs our simulation
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+    from mft_merge.ops import nf4_roundtrip
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+    )
+    qlora = AutoModelForCausalLM.from_pretrained(
+        llama_base, quantization_config=quant, dtype=torch.bfloat16, device_map={"": "cpu"}
+    )
+    full = dict(AutoModelForCausalLM.from_pretrained(llama_base, dtype=torch.float32).named_parameters())
+    linears = [(n, m) for n, m in qlora.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linears
+    for name, module in linears:
+        seen = bnbf.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+        assert torch.equal(nf4_roundtrip(full[name + ".weight"].detach()), seen), name
+
+
 def test_bf16_output_is_verified_with_bf16_tolerance(llama_base, tmp_path):
     adapter = make_adapter(llama_base, tmp_path / "adapter")
     result = merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="bf16"))
@@ -195,6 +220,8 @@ def test_errors(llama_base, make_base, tmp_path):
     adapter = make_adapter(llama_base, tmp_path / "adapter")
     with pytest.raises(ContractError, match="another architecture or hidden size"):
         merge(MergeConfig(adapter=str(adapter), base=str(make_base("llama", "small")), out=str(tmp_path / "o")))
+    with pytest.raises(ContractError, match="trained on a llama model .* is qwen2"):  # same shapes, other model
+        merge(MergeConfig(adapter=str(adapter), base=str(make_base("qwen2")), out=str(tmp_path / "o")))
     other = make_adapter(llama_base, tmp_path / "other", targets=["q_proj"])
     cfg = json.loads((other / "adapter_config.json").read_text())
     cfg["target_modules"] = ["q_proj", "c_attn"]

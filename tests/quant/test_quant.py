@@ -82,6 +82,21 @@ def test_calibration_comes_from_the_given_data(quantized, data):
     assert (quantized / "quality.json").is_file()
 
 
+def test_unsplit_data_measures_on_records_not_calibrated_on(llama_base, tmp_path):
+    from mft_core.errors import InputError
+    from mft_quant.api import pick_samples
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_base)
+    unsplit = format_folder(tmp_path / "unsplit", demo_tasks())
+    cfg = GPTQConfig(model=str(llama_base), out=str(tmp_path / "o"), calib=str(unsplit), calib_samples=9)
+    calib, held_out, _ = pick_samples(cfg, tok)
+    assert len(calib) == 9 and held_out and not {s.id for s in calib} & {s.id for s in held_out}
+    everything = sum(len(v) for v in demo_tasks().values())
+    with pytest.raises(InputError, match="no record is left"):
+        pick_samples(GPTQConfig(model=str(llama_base), out="o", calib=str(unsplit), calib_samples=everything), tok)
+
+
 def test_rerun_is_up_to_date(quantized, llama_base, data):
     result = quantize_gptq(
         GPTQConfig(

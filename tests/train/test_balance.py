@@ -99,11 +99,13 @@ def test_coba_training_logs_weights_and_resumes_exactly(llama_base, llama_tok, t
         coba_history_length=4,
         lora_dropout=0.0,
         save_limit=5,
+        log_every=5,  # weights are logged at every update all the same
     )
     straight = tmp_path / "straight"
     result = train(train_config(llama_base, llama_tok, straight, **kw))
-    rows = [r for r in read_metrics(straight / "metrics.jsonl") if r["kind"] == "train"]
+    rows = [r for r in read_metrics(straight / "metrics.jsonl") if r["kind"] == "balance"]
     weights = [r["task_weights"] for r in rows]
+    assert [r["step"] for r in rows] == list(range(1, 11))
     assert all(sum(w.values()) == pytest.approx(1.0) for w in weights)
     assert weights[0] == pytest.approx({t: 1 / 3 for t in weights[0]})  # warm-up: equal
     assert weights[-1] != pytest.approx(weights[0])  # then they move
@@ -121,7 +123,7 @@ def test_coba_training_logs_weights_and_resumes_exactly(llama_base, llama_tok, t
     b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
-    again = [r["task_weights"] for r in read_metrics(resumed / "metrics.jsonl") if r["kind"] == "train"]
+    again = [r["task_weights"] for r in read_metrics(resumed / "metrics.jsonl") if r["kind"] == "balance"]
     assert len(again) == len(weights)
     for w1, w2 in zip(weights, again):
         assert w1 == pytest.approx(w2, abs=1e-9)

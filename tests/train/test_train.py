@@ -81,9 +81,11 @@ def test_early_stopping_keeps_best(llama_base, llama_tok, tmp_path):
         )
     )
     s = result.summary
-    if s["stopped_early"]:
-        assert s["steps"] < 40 and (out / "best" / "adapter_model.safetensors").is_file()
-        assert s["best_step"] <= s["steps"]
+    valid = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "eval"]
+    assert s["stopped_early"], valid
+    assert s["steps"] < 40 and (out / "best" / "adapter_model.safetensors").is_file()
+    # stopped at the first eval that did not improve on the best one (patience 1)
+    assert valid[-1] >= min(valid[:-1]) and s["best_step"] < s["steps"]
 
 
 def test_errors_are_clear(llama_base, llama_tok, tmp_path, make_base):
@@ -98,6 +100,27 @@ def test_errors_are_clear(llama_base, llama_tok, tmp_path, make_base):
         train(train_config(make_base("qwen2"), llama_tok, tmp_path / "o4"))
     with pytest.raises(ConfigError, match="unknown tasks: nope"):
         train(train_config(llama_base, llama_tok, tmp_path / "o5", task_weights={"nope": 2.0}))
+
+
+def test_cli_exit_codes_and_messages(llama_base, llama_tok, tmp_path):
+    from mft_train.cli import app
+    from typer.testing import CliRunner
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {llama_base}\noutput_dir: {tmp_path / 'cli'}\nseq_len: 96\nmax_steps: 2\n")
+
+    def run_cli(*sets):
+        base = ["run", str(config)]
+        return CliRunner().invoke(app, base + [x for s in sets for x in ("--set", s)])
+
+    res = run_cli(f"data={tmp_path}")  # a folder without a manifest
+    assert res.exit_code == 3 and "manifest" in res.output
+    res = run_cli(f"data={llama_tok}", "target_modules=[nope]")
+    assert res.exit_code == 2 and "target modules not found" in res.output and "q_proj" in res.output
+    res = run_cli(f"data={llama_tok}", "seq_len=100000")
+    assert res.exit_code == 2 and "maximum" in res.output
+    res = run_cli(f"data={llama_tok}", "lr_schedule=wavy")
+    assert res.exit_code == 2 and "lr_schedule" in res.output
 
 
 def test_tokenizer_problems(llama_base, llama_tok, tmp_path):
@@ -140,3 +163,7 @@ def test_pretrain_on_raw_code(llama_base, tmp_path):
         kind="pretrain",
     )
     assert again.up_to_date
+    (src / "m0.py").write_text("def changed():\n    return 1\n" * 30)  # same path, new content: not up to date
+    same_config = dict(peft="none", loss_mode="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3)
+    with pytest.raises(ConfigError, match="another config or inputs"):
+        train(train_config(llama_base, str(src), out, **same_config), kind="pretrain")

@@ -15,7 +15,9 @@ from typing import Literal
 
 from .errors import ConfigError
 
-PadPolicy = Literal["dedicated", "eos", "unk"]
+# The pad used when a tokenizer has none. Pad positions are masked out of attention and loss, so any existing
+# token is safe; "unk" keeps EOS unambiguous in logs and decoded batches where the family's tokenizers have <unk>.
+PadPolicy = Literal["eos", "unk"]
 
 # Generic size names -> the HF config keys most families use.
 _STD_KEYS = MappingProxyType(
@@ -41,7 +43,8 @@ class Family:
         lora_targets: module-name suffixes LoRA wraps by default.
         bos_is_marker: True when ``<s>`` (MFTCoder's round marker) is the BOS special token in this family's
             tokenizers (Llama-style SentencePiece); False when it is plain text.
-        pad_policy: what to use as pad when the tokenizer has none.
+        pad_policy: the pad mft-train sets when the tokenizer has none (``eos`` or ``unk``, see PadPolicy).
+        eos: the EOS token of released checkpoints (tokenizer_config.json is what is used; this documents it).
         tied_embeddings: whether released checkpoints of this family usually tie input and output embeddings.
         packed_sdpa: whether attention is plain scaled-dot-product (no logit soft-capping), so packed rows can run
             SDPA once per record instead of one masked call over the whole row.
@@ -53,7 +56,8 @@ class Family:
     model_type: str
     lora_targets: tuple[str, ...]
     bos_is_marker: bool = False
-    pad_policy: PadPolicy = "dedicated"
+    pad_policy: PadPolicy = "eos"
+    eos: str = ""
     tied_embeddings: bool = False
     size_keys: Mapping[str, str | None] = field(default_factory=lambda: _STD_KEYS)
     tiny_extra: Mapping[str, object] = field(default_factory=dict)
@@ -85,14 +89,26 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 "llama",
                 lora_targets=_LLAMA_TARGETS,
                 bos_is_marker=True,
+                pad_policy="unk",
+                eos="</s>",
                 source=_HF + "llama",
-                notes="CodeLlama; no pad token in released tokenizers, so a dedicated pad is added.",
+                notes="CodeLlama; released tokenizers have no pad token, so <unk> pads (as in MFTCoder).",
             ),
-            _f("mistral", lora_targets=_LLAMA_TARGETS, bos_is_marker=True, source=_HF + "mistral"),
+            _f(
+                "mistral",
+                lora_targets=_LLAMA_TARGETS,
+                bos_is_marker=True,
+                pad_policy="unk",
+                eos="</s>",
+                source=_HF + "mistral",
+                notes="Codestral/Mistral: SentencePiece like Llama, no pad token, <unk> pads.",
+            ),
             _f(
                 "mixtral",
                 lora_targets=_ATTN_TARGETS,
                 bos_is_marker=True,
+                pad_policy="unk",
+                eos="</s>",
                 source=_HF + "mixtral",
                 tiny_extra={"num_local_experts": 4, "num_experts_per_tok": 2},
                 notes="transformers 5 stores experts as fused 3D parameters, not nn.Linear: LoRA targets attention.",
@@ -100,7 +116,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
             _f(
                 "qwen2",
                 lora_targets=_LLAMA_TARGETS,
-                pad_policy="dedicated",
+                eos="<|endoftext|>",
                 tied_embeddings=True,
                 source=_HF + "qwen2",
                 tiny_extra={"use_sliding_window": False},
@@ -109,16 +125,19 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
             _f(
                 "qwen3",
                 lora_targets=_LLAMA_TARGETS,
+                eos="<|endoftext|>",
                 tied_embeddings=True,
                 source=_HF + "qwen3",
                 tiny_extra={"head_dim": 32, "use_sliding_window": False},
+                notes="Qwen3 base: EOS <|endoftext|>, pad <|endoftext|> in released tokenizers; head_dim is explicit.",
             ),
             _f(
                 "starcoder2",
                 lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
+                eos="<|endoftext|>",
                 tied_embeddings=True,
                 source=_HF + "starcoder2",
-                notes="MLP is c_fc/c_proj; EOS <|endoftext|> is also used as pad.",
+                notes="MLP is c_fc/c_proj; released tokenizers have no pad, so EOS <|endoftext|> pads (masked).",
             ),
             _f(
                 "gpt_bigcode",
@@ -161,6 +180,26 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 notes="Uses <bos>; logit soft-capping; eager attention recommended by HF for training.",
             ),
             _f(
+                "deepseek_v2",
+                lora_targets=("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
+                eos="<｜end▁of▁sentence｜>",
+                source=_HF + "deepseek_v2",
+                tiny_extra={
+                    "q_lora_rank": None,
+                    "kv_lora_rank": 64,
+                    "qk_rope_head_dim": 16,
+                    "qk_nope_head_dim": 16,
+                    "v_head_dim": 32,
+                    "n_routed_experts": 4,
+                    "num_experts_per_tok": 2,
+                    "n_group": 1,
+                    "topk_group": 1,
+                    "moe_intermediate_size": 128,
+                    "first_k_dense_replace": 1,
+                },
+                notes="DeepSeek-Coder-V2(-Lite): MLA attention (Lite has no q LoRA, so q_proj), routed experts fused.",
+            ),
+            _f(
                 "deepseek_v3",
                 lora_targets=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
                 bos_is_marker=False,
@@ -178,6 +217,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                     "moe_intermediate_size": 128,
                     "first_k_dense_replace": 1,
                 },
+                eos="<｜end▁of▁sentence｜>",
                 notes="MLA attention; routed experts are fused parameters, so LoRA targets the attention linears.",
             ),
         )

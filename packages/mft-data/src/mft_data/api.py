@@ -21,7 +21,7 @@ from .encode import ChatEncoder, Encoded, chat_template_of
 from .folder import Progress, begin_edit, load_summary, update_folder_manifest, write_jsonl_atomic
 from .formatting import FormatResult, format_task
 from .splitting import split_ids
-from .text_data import TextTokenizeConfig, tokenize_text_files
+from .text_data import TextTokenizeConfig, text_files_ref, tokenize_text_files
 from .tokenized import TokenizedData, TokenizeResult, decode_supervised, load_tokenized, tokenize_folder
 from .validation import ValidationReport, validate_folder
 
@@ -52,6 +52,7 @@ __all__ = [
     "read_formatted_records",
     "TextTokenizeConfig",
     "tokenize_text_files",
+    "text_files_ref",
 ]
 
 

@@ -75,6 +75,13 @@ def text_files(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) 
     return files
 
 
+def text_files_ref(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) -> InputRef:
+    """One input reference for a set of raw files: changes when a file is added, removed, resized or rewritten."""
+    files = text_files(sources, max_files, max_mb)
+    listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode()))
+
+
 def chunk_document(ids: np.ndarray, seq_len: int) -> list[Encoded]:
     """Cut a document into pieces of at most ``seq_len``; every token is a target except each piece's first."""
     pieces = []
@@ -91,7 +98,6 @@ def chunk_document(ids: np.ndarray, seq_len: int) -> list[Encoded]:
 def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], None] | None = None):
     """Write a tokenized-data folder (single task ``text``) from raw files; returns its manifest."""
     files = text_files(cfg.sources, cfg.max_files, cfg.max_mb)
-    listing = [(str(f), f.stat().st_size) for f in files]
     config = {
         "sources": [str(Path(s).resolve()) for s in cfg.sources],
         "files": len(files),
@@ -103,7 +109,7 @@ def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], 
         "kind": "text",
     }
     inputs = (
-        InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode())),
+        text_files_ref(cfg.sources, cfg.max_files, cfg.max_mb),
         tokenizer_ref(cfg.tokenizer),
     )
     probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> t
         base = resolve_model_dir(chosen)
     except ContractError as exc:
         raise ContractError(f"base model {chosen}: {exc.message}", fix="pass --base MODEL_DIR") from exc
+    _check_same_architecture(base, [n for n in (from_manifest, from_config) if n])
     if train_output is not None and not cfg.base:
         expected = read_manifest(train_output).summary.get("base_model_sha256")
         if expected and model_fingerprint(base) != expected:
@@ -67,6 +69,28 @@ def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> t
                 fix="pass the exact base with --base, or retrain",
             )
     return base, train_output
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _check_same_architecture(base: Path, named: list[str]) -> None:
+    """The base must be of the architecture the adapter was trained on, wherever that base can still be read.
+
+    Shapes alone do not tell: a llama adapter fits a qwen2 base of the same sizes and would merge silently.
+    """
+    actual = _model_type(base)
+    for name in named:
+        trained_on = _model_type(Path(name)) if Path(name).is_dir() else None
+        if actual and trained_on and trained_on != actual:
+            raise ContractError(
+                f"the adapter was trained on a {trained_on} model ({name}) but the base {base} is {actual}",
+                fix="pass the base the adapter was trained on with --base",
+            )
 
 
 def merge(cfg: MergeConfig) -> MergeResult:

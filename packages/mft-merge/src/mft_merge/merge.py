@@ -138,6 +138,13 @@ def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard:
         plan.dtypes[name] = dtype if source_dtype.is_floating_point else source_dtype
     _resized_vocab(plan, base_config)
     if simulate_nf4:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(
+                "--simulate-nf4 rounds the base through bitsandbytes' nf4, which is not installed",
+                fix="pip install bitsandbytes (or pip install 'mft-merge[nf4]')",
+            )
         plan.quantized = quantized_linear_weights(model_dir) & set(plan.sources)
     plan.shards = _shards(plan, max_shard)
     return plan

@@ -46,14 +46,16 @@ def merge_embedding(e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: fl
     return e.float() + (b.float() @ a.float()).T * scale
 
 
-def nf4_roundtrip(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
+def nf4_roundtrip(w: torch.Tensor, blocksize: int = 64, load_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """``dequantize(quantize_nf4(W))`` with bitsandbytes, as QLoRA saw the frozen base while training.
 
+    QLoRA loads the base in ``load_dtype`` (bf16 in mft-train and most recipes) before quantizing, so the weight is
+    rounded to it first: quantizing the fp32 weight instead puts ~0.4 % of values in another nf4 bin (measured).
     Double quantization only compresses the block scales; its rounding of them is reproduced too.
     """
     import bitsandbytes.functional as bnbf
 
     q, state = bnbf.quantize_4bit(
-        w.float().contiguous(), blocksize=blocksize, quant_type="nf4", compress_statistics=True
+        w.to(load_dtype).contiguous(), blocksize=blocksize, quant_type="nf4", compress_statistics=True
     )
     return bnbf.dequantize_4bit(q, state).float().reshape(w.shape)

@@ -42,9 +42,15 @@ def pick_samples(cfg: GPTQConfig, tokenizer) -> tuple[list[Sample], list[Sample]
     """(calibration, evaluation, description): disjoint sets, from the team's data when given."""
     if cfg.calib:
         calib = chat_samples(cfg.calib, tokenizer, "train", cfg.calib_samples, cfg.seed)
-        held_out = chat_samples(cfg.calib, tokenizer, "valid", cfg.eval_samples, cfg.seed)
+        # without a split both reads see every record: skip those calibrated on (no-op with a valid split)
+        pool = chat_samples(cfg.calib, tokenizer, "valid", cfg.eval_samples + len(calib), cfg.seed)
         used = {s.id for s in calib}
-        held_out = [s for s in held_out if s.id not in used] or held_out
+        held_out = [s for s in pool if s.id not in used][: cfg.eval_samples]
+        if not held_out:  # an unsplit folder whose every record went into calibration
+            raise InputError(
+                f"{cfg.calib}: no record is left to measure perplexity on after calibration",
+                fix="run `mft-data split DATA_DIR` first (held-out = its valid split), or lower --calib-samples",
+            )
         source = "chat"
     elif cfg.calib_source == "generic-text":
         pool = generic_text_samples(cfg.calib_samples + cfg.eval_samples)

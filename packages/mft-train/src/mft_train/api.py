@@ -116,11 +116,6 @@ class _Reporter:
                     "task_loss": _mean_task_loss(self.window),
                     "lr": self.parts.engine.scheduler.get_last_lr()[0],
                     "grad_norm": self.window[-1].grad_norm,
-                    **(
-                        {"task_weights": dict(zip(self.parts.tasks, self.parts.task_weights.tolist()))}
-                        if self.cfg.loss_mode in ("coba", "selfpaced")
-                        else {}
-                    ),
                     "tokens_per_s": sum(x.real_tokens for x in self.window) / max(seconds, 1e-9),
                     "tokens_seen": state.tokens_seen,
                 }
@@ -151,7 +146,7 @@ class _Balancer:
     """Convergence balancing (loss_mode coba | selfpaced): samples valid batches every ``coba_update_interval``
     steps and sets the task weights of the next steps from the loss slopes (see :mod:`balance`)."""
 
-    def __init__(self, cfg: TrainConfig, parts: LoopParts, model, valid, state: TrainState):
+    def __init__(self, cfg: TrainConfig, parts: LoopParts, model, valid, state: TrainState, log: MetricsLog):
         from .balance import BalanceState
 
         if valid is None:
@@ -159,7 +154,7 @@ class _Balancer:
                 f"loss_mode {cfg.loss_mode} needs a valid split to watch",
                 fix="run `mft-data split DATA_DIR` before tokenizing",
             )
-        self.cfg, self.parts, self.model, self.valid = cfg, parts, model, valid
+        self.cfg, self.parts, self.model, self.valid, self.log = cfg, parts, model, valid, log
         self.state = BalanceState(**state.balance) if state.balance else BalanceState()
         if self.state.weights:
             parts.task_weights = torch.tensor(self.state.weights, dtype=torch.float64)
@@ -207,6 +202,15 @@ class _Balancer:
         )
         self.parts.task_weights = torch.tensor(weights, dtype=torch.float64)
         state.balance = vars(self.state)
+        # every update is logged (not only on log_every steps): the weights are what the next steps train with
+        self.log.log(
+            {
+                "kind": "balance",
+                "step": state.step,
+                "task_weights": dict(zip(self.parts.tasks, weights)),
+                "valid_sample_loss": dict(zip(self.parts.tasks, self.state.losses[-1])),
+            }
+        )
 
 
 def _mean_task_loss(results) -> dict[str, float | None]:
@@ -251,6 +255,10 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
     inputs = [InputRef.of(model_dir)]
     if kind != "pretrain":
         inputs.append(InputRef.of(cfg.data))
+    else:  # raw files have no manifest: their listing (names, sizes, times) stands for them
+        from mft_data.api import text_files_ref
+
+        inputs.append(text_files_ref(cfg.data.split(","), max_mb=cfg.text_max_mb))
     config = config_to_dict(cfg)
     manifest_kind = "model" if cfg.peft == "none" else "adapter"
     probe = new_manifest(manifest_kind, "mft-train", __version__, {**config, "resume": "none"}, inputs)
@@ -276,10 +284,16 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
         # tiny gradients and Adam moments become denormal floats, which x86 CPUs process many times slower
         torch.set_flush_denormal(True)
     set_seed(cfg.seed)
+    from .launch import zero3_loading
+
+    partitioned_loading = zero3_loading(cfg)  # must outlive the model load and the engine's construction
     model = load_model(cfg, model_dir, tokenizer)
     world = dist.world_size()
+    if partitioned_loading is not None and dist.is_main() and any(hasattr(p, "ds_id") for p in model.parameters()):
+        console.print(f"ZeRO-3: the model was loaded partitioned over {world} ranks (deepspeed.zero.Init)")
     total = total_steps_for(len(data.train), cfg.micro_batch_size * cfg.grad_accum * world, cfg.epochs, cfg.max_steps)
     engine = _setup_engine(cfg, model, total)
+    del partitioned_loading
     parts = LoopParts(
         engine,
         data.train,
@@ -300,9 +314,10 @@ def train(cfg: TrainConfig, kind: Kind = "run") -> TrainResult:
     if checkpoint and dist.is_main():
         console.print(f"resumed from {checkpoint} (step {state.step} of {total})")
 
-    balancer = _Balancer(cfg, parts, engine.model, data.valid, state) if loss_mode in ("coba", "selfpaced") else None
     tb_dir = Path(cfg.tb_dir) if cfg.tb_dir else out / "tb"
     log = MetricsLog(out, tb_dir, state.step if checkpoint else None, enabled=dist.is_main())
+    balancing = loss_mode in ("coba", "selfpaced")
+    balancer = _Balancer(cfg, parts, engine.model, data.valid, state, log) if balancing else None
     with progress() as bar:
         bar_task = bar.add_task("train", total=total, completed=state.step, info="") if dist.is_main() else None
         reporter = _Reporter(

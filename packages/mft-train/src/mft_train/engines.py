@@ -164,19 +164,26 @@ class DeepSpeedEngine(_ShardedCheckpoints):
         self.model.load_checkpoint(str(path), tag="ds", load_module_strict=False)
 
     def consolidated_state(self):
-        """Full (gathered) state dict on rank 0 for saving; None elsewhere."""
+        """The state to save, gathered on rank 0 (None elsewhere): the trainable (adapter) tensors of a PEFT
+        model, every tensor of a full model. One parameter is gathered at a time, so no rank ever holds the whole
+        model on its device (a 34B model would not fit)."""
         if self.stage < 3:
             return None
         import deepspeed
 
-        params = list(self.unwrapped.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            state = (
-                {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()}
-                if dist.is_main()
-                else None
-            )
-        return state
+        model = self.unwrapped
+        adapter_only = hasattr(model, "peft_config")
+        keys = set(model.state_dict().keys())
+        state: dict[str, torch.Tensor] = {}
+        for name, param in model.named_parameters():
+            if name not in keys or (adapter_only and not param.requires_grad):
+                continue
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if dist.is_main():
+                    state[name] = param.detach().cpu().clone()
+        if not adapter_only:  # persistent buffers are never partitioned
+            state.update({n: b.detach().cpu().clone() for n, b in model.named_buffers() if n in keys})
+        return state if dist.is_main() else None
 
 
 class FSDPEngine(_ShardedCheckpoints, LocalEngine):

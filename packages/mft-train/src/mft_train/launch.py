@@ -169,6 +169,19 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+def zero3_loading(cfg):
+    """Under ZeRO-3, the model is loaded already partitioned (``deepspeed.zero.Init`` through transformers), not
+    whole on every rank. Returns the object that switches this on; keep it alive until the engine is built.
+
+    Not for QLoRA: transformers does not partition quantized models (bitsandbytes keeps whole 4-bit weights).
+    """
+    if os.environ.get(STRATEGY_ENV) != "zero3" or cfg.peft == "qlora":
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(deepspeed_config("zero3", cfg, os.environ.get(OFFLOAD_ENV, "none")))
+
+
 def shipped_strategy_files() -> dict[str, Path]:
     root = resources.files("mft_train").joinpath("strategies")
     return {p.name: Path(str(p)) for p in root.iterdir() if p.name.endswith((".json", ".yaml"))}

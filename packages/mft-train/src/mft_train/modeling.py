@@ -24,9 +24,23 @@ def load_tokenizer(model_dir: Path):
             f"{model_dir}: the tokenizer has no EOS token, so the model could never learn to stop",
             fix="set eos_token in tokenizer_config.json",
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # pad positions are never attended or trained
+    if tokenizer.pad_token is None:  # pad positions are never attended or trained: the family table picks which
+        tokenizer.pad_token = fallback_pad(tokenizer, model_dir)
     return tokenizer
+
+
+def fallback_pad(tokenizer, model_dir: Path) -> str:
+    """The family's pad policy (``unk`` for Llama-style tokenizers that have one, else EOS)."""
+    import json
+
+    try:
+        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    family = FAMILIES.get(model_type)
+    if family is not None and family.pad_policy == "unk" and tokenizer.unk_token is not None:
+        return tokenizer.unk_token
+    return tokenizer.eos_token
 
 
 def max_positions(config) -> int | None:
