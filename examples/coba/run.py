@@ -128,11 +128,13 @@ def main() -> None:
             "worst": max(values),
             "gap": max(values) - min(values),
         }
+    results["settings"] = {"steps": args.steps, "preset": "tiny", "seq_len": 256, "micro_batch_size": 8, "seed": 0}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     tasks = sorted(results["task"]["final_valid"])
     print("| loss_mode | " + " | ".join(tasks) + " | mean | worst | gap (worst - best) |")
     print("|---|" + "---|" * (len(tasks) + 3))
-    for mode, r in results.items():
+    for mode in ("task", "coba"):
+        r = results[mode]
         print(
             f"| {mode} | "
             + " | ".join(f"{r['final_valid'][t]:.4f}" for t in tasks)

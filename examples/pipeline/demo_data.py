@@ -39,6 +39,8 @@ class Family:
     inputs: tuple
     const: Callable[[random.Random, bool], object]  # every family has one, so held-out problems differ in it
     bug: Callable[[object], str] | None = None  # a plausible wrong body
+    # inputs built from the constant, where the fixed ones cannot tell a wrong constant from the right one
+    edge_inputs: Callable[[object], list] | None = None
 
 
 def _num(lo=2, hi=99, held_values=HELDOUT_CONSTANTS):
@@ -159,6 +161,7 @@ FAMILIES = [
         ([1, 50, 99, 3, 60], [], [100]),
         _num(),
         lambda c: f"return [v for v in xs if v < {c}]",
+        edge_inputs=lambda c: [[c - 1, c, c + 1]],
     ),
     Family(
         "xs",
@@ -168,6 +171,7 @@ FAMILIES = [
         ([1, 2, 2], [], [7, 7, 7]),
         _num(1, 9, HELDOUT_SMALL),
         lambda c: "return len(xs)",
+        edge_inputs=lambda c: [[c, 1, c]],
     ),
 ]
 
@@ -193,8 +197,8 @@ class Func:
     def test(self) -> str:
         lines = ["def check(candidate):"]
         inputs = list(self.family.inputs)
-        if self.family.arg == "xs" and "appears" in self.family.doc(self.const):
-            inputs.append([self.const, 1, self.const])
+        if self.family.edge_inputs:
+            inputs += self.family.edge_inputs(self.const)
         for value in inputs:
             lines.append(f"    assert candidate({value!r}) == {self.family.ref(self.const, value)!r}")
         return "\n".join(lines) + "\n"

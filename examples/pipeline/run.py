@@ -1,7 +1,8 @@
 """`make pipeline`: every MFT tool on the built-in demo, from nothing to a report, on a laptop CPU.
 
 Stages (each a plain CLI call writing a folder with its manifest under runs/pipeline/; a finished stage is
-"up to date" on the next run, so re-running only does what is missing):
+"up to date" on the next run, so re-running only does what is missing, and `--overwrite` lets a stage whose
+inputs changed be redone; training refuses a changed run, use --fresh then):
  1. mft-train init-base + pretrain on the Python standard library's source (the base learns some Python);
  2. demo data (three tasks, three formats) -> mft-data format, validate --strict, decontaminate, split, tokenize;
  3. mft-train run: LoRA, task-balanced loss;
@@ -151,7 +152,7 @@ class Pipeline:
             ("explain", "explain.sharegpt.jsonl"),
             ("bugfix", "bugfix.openai.jsonl"),
         ):
-            self.sh("format", mft_data, "format", raw / file, "--task", task, "--out", r / "data")
+            self.sh("format", mft_data, "format", raw / file, "--task", task, "--out", r / "data", "--overwrite")
         self.sh("validate", mft_data, "validate", r / "data", "--strict")
         self.sh("decontaminate", mft_data, "decontaminate", r / "data", "--against", "humaneval")
         self.sh("split", mft_data, "split", r / "data", "--valid-ratio", "0.02", "--seed", "0")
@@ -168,6 +169,7 @@ class Pipeline:
             str(self.seq_len),
             "--num-proc",
             str(min(4, os.cpu_count() or 1)),
+            "--overwrite",
         )
 
     def train(self) -> None:
@@ -178,7 +180,7 @@ class Pipeline:
         self.sh("train", self.tool("mft-train"), "run", self.config, *[a for x in sets for a in ("--set", x)])
 
     def merge(self) -> None:
-        self.sh("merge", self.tool("mft-merge"), self.run / "train", "--out", self.run / "merged")
+        self.sh("merge", self.tool("mft-merge"), self.run / "train", "--out", self.run / "merged", "--overwrite")
 
     def quantize(self) -> None:
         r = self.run
@@ -199,11 +201,12 @@ class Pipeline:
             "512",
             "--max-ppl-increase",
             "0.05",
+            "--overwrite",
         )
 
     def evaluate(self) -> None:
         r, s = self.run, self.s
-        common = ["--prompt", "chat", "--max-new-tokens", str(s["new_tokens"]), "--batch-size", "8"]
+        common = ["--prompt", "chat", "--max-new-tokens", str(s["new_tokens"]), "--batch-size", "8", "--overwrite"]
         for name, model in (("base", self.base_model), ("merged", r / "merged"), ("quant", r / "quant")):
             self.sh(
                 f"eval-demo-{name}",

@@ -157,3 +157,17 @@ def test_cli_exit_codes(tmp_path):
     f.write_text(json.dumps(SAMPLES["openai"]) + "\n")
     res = CliRunner().invoke(app, ["format", str(f), "--task", "t", "--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
+
+
+def test_from_overrides_detection(tmp_path):
+    # a row carrying both an OpenAI `messages` list and a prompt/answer pair: auto picks openai, --from wins
+    row = {
+        "messages": [{"role": "user", "content": "m?"}, {"role": "assistant", "content": "m!"}],
+        "prompt": "p?",
+        "answer": "p!",
+    }
+    f = write_jsonl(tmp_path / "in.jsonl", [row])
+    run(tmp_path, [f], task="auto")
+    run(tmp_path, [f], task="forced", source_format="prompt-answer")
+    read = lambda t: json.loads((tmp_path / "out" / t / "data.jsonl").read_text())["chat_rounds"][-1]["content"]
+    assert (read("auto"), read("forced")) == ("m!", "p!")

@@ -39,6 +39,25 @@ def test_supervised_tokens_are_exactly_assistant_contents_plus_eos(make_base, fa
         assert enc.labels[0] == IGNORE
 
 
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_masks_with_a_chatml_template(llama_base):
+    # Qwen-style ChatML: EOS is <|im_end|>, which the template writes after every turn
+    tok = tokenizer(llama_base)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token, tok.chat_template = "<|im_end|>", CHATML
+    record = {"id": "1", "task": "t", "chat_rounds": MULTI_TURN}
+    enc = ChatEncoder(tok).encode([record])[0]
+    text = tok.apply_chat_template(MULTI_TURN, tokenize=False)
+    assert tok.decode(enc.input_ids, clean_up_tokenization_spaces=False) == text
+    expected = [r["content"] + "<|im_end|>" for r in MULTI_TURN if r["role"] == "assistant"]
+    assert decode_supervised(tok, enc.input_ids, enc.labels) == expected
+
+
 def test_tokenize_folder_packs_isolated_rows(formatted, llama_base, tmp_path):
     result = tokenize_folder(
         TokenizeConfig(folder=str(formatted), tokenizer=str(llama_base), out=str(tmp_path / "tok"), seq_len=128)

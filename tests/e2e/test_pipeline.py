@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 STAGES = [
     "base",
@@ -95,6 +97,11 @@ def test_demo_heldout_problems_are_unseen_and_solvable(tmp_path):
         assert not re.search(rf"\b{problem['entry_point']}\b", train), problem["entry_point"]
         program = problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"]
         exec(program + f"\ncheck({problem['entry_point']})\n", {})
+        # the tests tell the right constant from a near miss (no pass for a wrong one)
+        wrong = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), problem["canonical_solution"], count=1)
+        wrong = wrong if wrong != problem["canonical_solution"] else re.sub(r"'(\w*)'", r"'\1x'", wrong)
+        with pytest.raises(AssertionError):
+            exec(problem["prompt"] + wrong + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n", {})
 
 
 def test_pipeline_with_a_real_model_and_config_skips_the_tiny_base(tmp_path, monkeypatch):

@@ -51,8 +51,9 @@ def train_tokenizer(vocab_size: int, corpus_mb: float, bos_special: bool):
     tok = Tokenizer(models.BPE())
     # numbers split into single digits, as in Qwen2/Llama-3 tokenizers: a number never seen in fine-tuning is still
     # made of tokens the model has learned to copy (the demo's held-out constants rely on it)
+    digits = pre_tokenizers.Digits(individual_digits=True)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        [digits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -141,6 +141,11 @@ def launch(
         exports = " ".join(f"{k}={env[k]}" for k in ("MFT_STRATEGY", "MFT_EXPECTED_WORLD_SIZE", "MFT_OFFLOAD"))
         typer.echo(f"{exports} {shlex.join(cmd)}")
         typer.echo(f"# GPU-only equivalent: {exports} {accelerate_equivalent(cfg)}")
+        from .launch import shipped_strategy_files
+
+        name = {"zero2": "zero2.json", "zero3": "zero3.json", "fsdp": "fsdp.yaml"}.get(cfg.strategy)
+        if name:
+            typer.echo(f"# strategy settings: {shipped_strategy_files()[name]}")
         return
     raise typer.Exit(subprocess.run(cmd, env=env).returncode)
 

@@ -186,6 +186,16 @@ class DeepSpeedEngine(_ShardedCheckpoints):
         return state if dist.is_main() else None
 
 
+def fsdp_settings() -> dict:
+    """The ``fully_shard`` section of the shipped strategies/fsdp.yaml (the one place these settings live)."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("mft_train").joinpath("strategies", "fsdp.yaml").read_text()
+    return (yaml.safe_load(text) or {}).get("fully_shard") or {}
+
+
 class FSDPEngine(_ShardedCheckpoints, LocalEngine):
     """torch FSDP2 (``fully_shard``) on each decoder layer (class taken from the model) and on the root."""
 
@@ -198,15 +208,21 @@ class FSDPEngine(_ShardedCheckpoints, LocalEngine):
                 f"{type(model).__name__} declares no decoder layer class (_no_split_modules)",
                 fix="use --strategy zero3 for this model",
             )
+        settings = fsdp_settings()
+        precision = settings.get("mixed_precision") or {}
         policy = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            MixedPrecisionPolicy(
+                param_dtype=getattr(torch, precision.get("param_dtype", "bfloat16")),
+                reduce_dtype=getattr(torch, precision.get("reduce_dtype", "float32")),
+            )
             if cfg.bf16
             else MixedPrecisionPolicy()
         )
+        reshard = bool(settings.get("reshard_after_forward", True))
         layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
         for layer in layers:
-            fully_shard(layer, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
         self.layer_classes = sorted(layer_classes)
         optimizer = optimizer_factory(model.parameters())
         LocalEngine.__init__(self, model, optimizer, scheduler_factory(optimizer), cfg.save_limit)
