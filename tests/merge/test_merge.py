@@ -202,7 +202,19 @@ def test_bf16_output_is_verified_with_bf16_tolerance(llama_base, tmp_path):
     result = merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="bf16"))
     v = result.summary["verification"]
     assert result.summary["dtype"] == "bfloat16" and v["passed"] and v["tolerance"] == 0.5
+    assert v["token_agreement"] >= 0.8 and v["max_abs_diff"] < 0.1
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_logits_check_catches_a_wrong_merge(llama_base, tmp_path, monkeypatch):
+    import mft_merge.merge as M
+
+    adapter = make_adapter(llama_base, tmp_path / "adapter")
+    real = M.merge_linear
+    monkeypatch.setattr(M, "merge_linear", lambda *a, **k: real(*a, **k) * 1.01)
+    with pytest.raises(Exception, match="verification \\(logits\\) failed"):
+        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="fp32", verify="logits"))
+    assert not (tmp_path / "m").exists()
 
 
 def test_layer_check_catches_a_wrong_merge(llama_base, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ class GradCapture(LocalEngine):
 def setup(llama_base, tmp_path_factory):
     from mft_data.api import load_tokenized
 
-    tok = tokenized_folder(tmp_path_factory.mktemp("exact"), llama_base, seq_len=96, split=None)
+    tok = tokenized_folder(tmp_path_factory.mktemp("exact"), llama_base, seq_len=128, split=None)
     data = load_tokenized(tok)
     return llama_base, Rows(data.train), data.tasks
 

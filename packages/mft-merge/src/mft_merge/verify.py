@@ -72,16 +72,16 @@ def verify_logits(
     max_diff, agree, total = 0.0, 0, 0
     with torch.no_grad():
         for ids in prompts:
-            x = torch.tensor([ids])
-            ref_logits = reference(input_ids=x).logits.float()
-            out_logits = merged(input_ids=x).logits.float()
-            max_diff = max(max_diff, (ref_logits - out_logits).abs().max().item())
+            # both models read the same text, the prompt plus the reference's greedy continuation (teacher
+            # forcing): one early flip then counts once, instead of derailing every later token of a free run
             kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-            a = reference.generate(input_ids=x, **kwargs)[0, len(ids) :]
-            b = merged.generate(input_ids=x, **kwargs)[0, len(ids) :]
-            n = min(len(a), len(b))
-            agree += int((a[:n] == b[:n]).sum())
-            total += max(len(a), len(b))
+            seq = reference.generate(input_ids=torch.tensor([ids]), **kwargs)
+            ref_logits = reference(input_ids=seq).logits.float()[0]
+            out_logits = merged(input_ids=seq).logits.float()[0]
+            max_diff = max(max_diff, (ref_logits - out_logits).abs().max().item())
+            scored = slice(len(ids) - 1, seq.shape[1] - 1)  # the positions that chose the continuation
+            agree += int((ref_logits[scored].argmax(-1) == out_logits[scored].argmax(-1)).sum())
+            total += seq.shape[1] - len(ids)
     agreement = agree / total if total else 1.0
     return Verification(
         "logits",
