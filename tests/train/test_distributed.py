@@ -163,10 +163,7 @@ def test_full_fine_tuning_under_sharded_strategies_equals_one_process(reference,
         assert torch.allclose(a[name], b[name], atol=1e-5), (strategy, name)
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    ["ddp", "zero2", pytest.param("zero3", marks=pytest.mark.slow), pytest.param("fsdp", marks=pytest.mark.slow)],
-)
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3", "fsdp"])
 def test_kill_and_resume_equals_uninterrupted(reference, strategy, tmp_path):
     """SIGKILL the whole launch (torchrun and both workers) after step 3, resume, compare to uninterrupted."""
     config, _ = reference

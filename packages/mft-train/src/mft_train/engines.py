@@ -223,6 +223,10 @@ class FSDPEngine(_ShardedCheckpoints, LocalEngine):
         for layer in layers:
             fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard)
         fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
+        if not getattr(model, "is_loaded_in_4bit", False):
+            from .launch import _device
+
+            model.to(_device())  # after sharding: each rank moves only its own shards to its device
         self.layer_classes = sorted(layer_classes)
         optimizer = optimizer_factory(model.parameters())
         LocalEngine.__init__(self, model, optimizer, scheduler_factory(optimizer), cfg.save_limit)

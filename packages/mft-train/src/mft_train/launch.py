@@ -148,8 +148,10 @@ def make_engine(model, optimizer_factory, scheduler_factory, cfg):
     """The engine for this process: plain when alone, else the strategy ``mft-train launch`` asked for."""
     strategy = os.environ.get(STRATEGY_ENV, "ddp")
     check_launch_environment()
-    if strategy not in ("zero2", "zero3") and not getattr(model, "is_loaded_in_4bit", False):
-        model.to(_device())  # DeepSpeed places the model itself; a 4-bit model was loaded onto its device
+    if strategy not in ("zero2", "zero3", "fsdp") and not getattr(model, "is_loaded_in_4bit", False):
+        # DeepSpeed places the model itself, FSDP moves only its shards (after fully_shard), and a 4-bit model
+        # was loaded onto its device
+        model.to(_device())
     if dist.world_size() == 1 and strategy not in ("zero2", "zero3", "fsdp"):
         optimizer = optimizer_factory(model.parameters())
         return LocalEngine(model, optimizer, scheduler_factory(optimizer), cfg.save_limit)
