@@ -206,25 +206,15 @@ def test_bf16_output_is_verified_with_bf16_tolerance(llama_base, tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
-def test_logits_check_catches_a_wrong_merge(llama_base, tmp_path, monkeypatch):
+@pytest.mark.parametrize("check,factor", [("logits", 1.01), ("layers", 1.001)])
+def test_verification_catches_a_wrong_merge(llama_base, tmp_path, monkeypatch, check, factor):
     import mft_merge.merge as M
 
     adapter = make_adapter(llama_base, tmp_path / "adapter")
     real = M.merge_linear
-    monkeypatch.setattr(M, "merge_linear", lambda *a, **k: real(*a, **k) * 1.01)
-    with pytest.raises(Exception, match="verification \\(logits\\) failed"):
-        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="fp32", verify="logits"))
-    assert not (tmp_path / "m").exists()
-
-
-def test_layer_check_catches_a_wrong_merge(llama_base, tmp_path, monkeypatch):
-    import mft_merge.merge as M
-
-    adapter = make_adapter(llama_base, tmp_path / "adapter")
-    real = M.merge_linear
-    monkeypatch.setattr(M, "merge_linear", lambda *a, **k: real(*a, **k) * 1.001)
-    with pytest.raises(Exception, match="verification \\(layers\\) failed"):
-        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="fp32", verify="layers"))
+    monkeypatch.setattr(M, "merge_linear", lambda *a, **k: real(*a, **k) * factor)
+    with pytest.raises(Exception, match=f"verification \\({check}\\) failed"):
+        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="fp32", verify=check))
     assert not (tmp_path / "m").exists()
 
 

@@ -17,6 +17,12 @@ from mft_quant.config import GPTQConfig
 from mft_quant.quality import compare
 
 
+def small_config(model, out, data, **kw) -> GPTQConfig:
+    """GPTQ on the tiny model, calibrated on ``data``: small enough for CPU tests (group 64 fits hidden 128)."""
+    settings = dict(group_size=64, calib_samples=12, calib_seq_len=128, eval_samples=6, max_ppl_increase=0.5)
+    return GPTQConfig(model=str(model), out=str(out), calib=str(data), **{**settings, **kw})
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return format_folder(tmp_path_factory.mktemp("quant") / "data", demo_tasks(), split=0.25)
@@ -25,18 +31,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quantized(llama_base, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "q"
-    quantize_gptq(
-        GPTQConfig(
-            model=str(llama_base),
-            out=str(out),
-            group_size=64,
-            calib=str(data),
-            calib_samples=12,
-            calib_seq_len=128,
-            eval_samples=6,
-            max_ppl_increase=0.5,
-        )
-    )
+    quantize_gptq(small_config(llama_base, out, data))
     return out
 
 
@@ -98,18 +93,7 @@ def test_unsplit_data_measures_on_records_not_calibrated_on(llama_base, tmp_path
 
 
 def test_rerun_is_up_to_date(quantized, llama_base, data):
-    result = quantize_gptq(
-        GPTQConfig(
-            model=str(llama_base),
-            out=str(quantized),
-            group_size=64,
-            calib=str(data),
-            calib_samples=12,
-            calib_seq_len=128,
-            eval_samples=6,
-            max_ppl_increase=0.5,
-        )
-    )
+    result = quantize_gptq(small_config(llama_base, quantized, data))
     assert result.up_to_date
 
 
@@ -166,11 +150,10 @@ def test_killed_run_leaves_no_manifest(llama_base, data, tmp_path):
 def test_eval_humaneval_reports_delta(llama_base, data, tmp_path):
     out = tmp_path / "q"
     result = quantize_gptq(
-        GPTQConfig(
-            model=str(llama_base),
-            out=str(out),
-            group_size=64,
-            calib=str(data),
+        small_config(
+            llama_base,
+            out,
+            data,
             calib_samples=4,
             calib_seq_len=64,
             eval_samples=3,

@@ -68,9 +68,10 @@ def write_config(path, base, data, **kw):
     return path
 
 
-def run_single(config, out):
+def run_single(config, out, *sets):
+    """One process x 4 micro-batches: the reference for `launch_cmd`'s 2 x 2."""
     proc = subprocess.run(
-        [EXE, "run", str(config), "--set", f"output_dir={out}", "--set", "grad_accum=4"],
+        [EXE, "run", str(config)] + [a for s in (f"output_dir={out}", "grad_accum=4", *sets) for a in ("--set", s)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -78,22 +79,14 @@ def run_single(config, out):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def launch_cmd(config, out, strategy, *sets) -> list[str]:
+    """`mft-train launch` on 2 processes x 2 micro-batches (the single-process reference runs 1 x 4)."""
+    cmd = [EXE, "launch", str(config), "--nproc", "2", "--strategy", strategy, "--master-port", str(free_port())]
+    return cmd + [a for s in (f"output_dir={out}", "grad_accum=2", *sets) for a in ("--set", s)]
+
+
 def run_launch(config, out, strategy, *sets, check=True, **popen):
-    cmd = [
-        EXE,
-        "launch",
-        str(config),
-        "--nproc",
-        "2",
-        "--strategy",
-        strategy,
-        "--master-port",
-        str(free_port()),
-        "--set",
-        f"output_dir={out}",
-        "--set",
-        "grad_accum=2",
-    ] + [a for s in sets for a in ("--set", s)]
+    cmd = launch_cmd(config, out, strategy, *sets)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **popen)
     if check:
         assert proc.returncode == 0, proc.stderr[-5000:]
@@ -146,14 +139,7 @@ def test_full_fine_tuning_under_sharded_strategies_equals_one_process(reference,
     config, _ = reference
     full = ("peft=none", "lr=1e-4")
     single = tmp_path / "single"
-    proc = subprocess.run(
-        [EXE, "run", str(config), "--set", f"output_dir={single}", "--set", "grad_accum=4"]
-        + [a for s in full for a in ("--set", s)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_single(config, single, *full)
     out = tmp_path / strategy
     run_launch(config, out, strategy, *full)
     assert losses(out) == pytest.approx(losses(single), abs=1e-5)
@@ -171,21 +157,7 @@ def test_kill_and_resume_equals_uninterrupted(reference, strategy, tmp_path):
     straight = tmp_path / "straight"
     run_launch(config, straight, strategy, *sets)
     out = tmp_path / "killed"
-    cmd = [
-        EXE,
-        "launch",
-        str(config),
-        "--nproc",
-        "2",
-        "--strategy",
-        strategy,
-        "--master-port",
-        str(free_port()),
-        "--set",
-        f"output_dir={out}",
-        "--set",
-        "grad_accum=2",
-    ] + [a for s in sets for a in ("--set", s)]
+    cmd = launch_cmd(config, out, strategy, *sets)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not (out / "checkpoint-2").is_dir():
@@ -289,14 +261,7 @@ def test_coba_weights_are_the_same_on_every_rank_and_as_one_process(llama_base, 
     config = write_config(tmp_path / "cfg.yaml", llama_base, data)
     sets = ("loss_mode=coba", "coba_warmup_steps=2", "coba_history_length=3", "max_steps=5")
     single = tmp_path / "single"
-    proc = subprocess.run(
-        [EXE, "run", str(config), "--set", f"output_dir={single}", "--set", "grad_accum=4"]
-        + [a for s in sets for a in ("--set", s)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_single(config, single, *sets)
     run_launch(config, tmp_path / "ddp", "ddp", *sets)
 
     def weights(out):

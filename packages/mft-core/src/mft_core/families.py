@@ -30,6 +30,19 @@ _STD_KEYS = MappingProxyType(
         "max_positions": "max_position_embeddings",
     }
 )
+# DeepSeek V2/V3 tiny models: multi-head latent attention and a few routed experts (the first layer dense)
+_MLA_MOE_TINY = {
+    "kv_lora_rank": 64,
+    "qk_rope_head_dim": 16,
+    "qk_nope_head_dim": 16,
+    "v_head_dim": 32,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_group": 1,
+    "topk_group": 1,
+    "moe_intermediate_size": 128,
+    "first_k_dense_replace": 1,
+}
 _LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -184,19 +197,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 lora_targets=("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
                 eos="<｜end▁of▁sentence｜>",
                 source=_HF + "deepseek_v2",
-                tiny_extra={
-                    "q_lora_rank": None,
-                    "kv_lora_rank": 64,
-                    "qk_rope_head_dim": 16,
-                    "qk_nope_head_dim": 16,
-                    "v_head_dim": 32,
-                    "n_routed_experts": 4,
-                    "num_experts_per_tok": 2,
-                    "n_group": 1,
-                    "topk_group": 1,
-                    "moe_intermediate_size": 128,
-                    "first_k_dense_replace": 1,
-                },
+                tiny_extra={**_MLA_MOE_TINY, "q_lora_rank": None},
                 notes="DeepSeek-Coder-V2(-Lite): MLA attention (Lite has no q LoRA, so q_proj), routed experts fused.",
             ),
             _f(
@@ -204,19 +205,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 lora_targets=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
                 bos_is_marker=False,
                 source=_HF + "deepseek_v3",
-                tiny_extra={
-                    "q_lora_rank": 64,
-                    "kv_lora_rank": 64,
-                    "qk_rope_head_dim": 16,
-                    "qk_nope_head_dim": 16,
-                    "v_head_dim": 32,
-                    "n_routed_experts": 4,
-                    "num_experts_per_tok": 2,
-                    "n_group": 1,
-                    "topk_group": 1,
-                    "moe_intermediate_size": 128,
-                    "first_k_dense_replace": 1,
-                },
+                tiny_extra={**_MLA_MOE_TINY, "q_lora_rank": 64},
                 eos="<｜end▁of▁sentence｜>",
                 notes="MLA attention; routed experts are fused parameters, so LoRA targets the attention linears.",
             ),
