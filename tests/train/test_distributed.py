@@ -288,3 +288,26 @@ def test_qlora_under_sharded_strategies(reference, strategy, tmp_path):
     assert not list((out / "adapter").glob("model*.safetensors"))
     base = AutoModelForCausalLM.from_pretrained(yaml.safe_load(config.read_text())["model"])
     PeftModel.from_pretrained(base, out / "adapter")
+
+
+def test_launch_any_command_kind(llama_base, tmp_path):
+    """`launch --kind pretrain`: the pretrain command's defaults (full model, token loss) on raw files, 2 ranks."""
+    from mft_core.manifest import read_manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": str(llama_base), "data": str(src), "seq_len": 64, "max_steps": 2}))
+    out = tmp_path / "pre"
+    proc = subprocess.run(
+        launch_cmd(config, out, "ddp", "micro_batch_size=2", "eval_every=0") + ["--kind", "pretrain"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_manifest(out).summary
+    assert summary["tasks"] == ["text"] and summary["loss_mode"] == "token" and summary["peft"] == "none"
+    assert (out / "model" / "model.safetensors").is_file()

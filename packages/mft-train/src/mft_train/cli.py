@@ -9,6 +9,8 @@ import typer
 from mft_core.config import build_config
 from mft_core.ui import cli_errors, console, make_app
 
+from .config import KIND_DEFAULTS
+
 app = make_app(
     "Fine-tune code LLMs on several tasks at once with exact per-task loss balancing.\n\n"
     "init-base builds the tiny built-in base; pretrain continues pretraining on raw code; run/sft fine-tune."
@@ -66,7 +68,7 @@ def run(
     sets: SetOpt = None,
 ):
     """Multi-task fine-tuning (LoRA, QLoRA or full) with per-task loss balancing; resumable."""
-    _train("run", config, sets, {})
+    _train("run", config, sets, KIND_DEFAULTS["run"])
 
 
 @app.command()
@@ -76,7 +78,7 @@ def sft(
     sets: SetOpt = None,
 ):
     """Single-task supervised fine-tuning: `run` with loss_mode defaulting to token."""
-    _train("sft", config, sets, {"loss_mode": "token"})
+    _train("sft", config, sets, KIND_DEFAULTS["sft"])
 
 
 @app.command()
@@ -95,7 +97,7 @@ def pretrain(
         "pretrain",
         config,
         (sets or []) + extra + [f"data={data}", f"model={model}", f"output_dir={out}"],
-        {"peft": "none", "loss_mode": "token", "seq_len": 512, "lr": 1e-3},
+        KIND_DEFAULTS["pretrain"],
     )
 
 
@@ -112,6 +114,9 @@ def launch(
     offload: Annotated[
         str, typer.Option(help="DeepSpeed offload to CPU: none | optimizer | params | all (zero3).")
     ] = "none",
+    kind: Annotated[
+        str, typer.Option(help="run | sft | pretrain: which command's defaults (pretrain: data= raw files).")
+    ] = "run",
     sets: SetOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the torchrun (and accelerate) line, run nothing.")
@@ -131,6 +136,7 @@ def launch(
         master_addr=master_addr,
         master_port=master_port,
         offload=offload,
+        kind=kind,
         sets=tuple(sets or ()),
     )
     cmd = torchrun_command(cfg)

@@ -99,3 +99,11 @@ class TrainConfig:
     @property
     def lora(self) -> bool:
         return self.peft in ("lora", "qlora")
+
+
+# What each command changes in TrainConfig's defaults (a YAML file and --set still win); `launch --kind` uses the same.
+KIND_DEFAULTS: dict[str, dict] = {
+    "run": {},
+    "sft": {"loss_mode": "token"},
+    "pretrain": {"peft": "none", "loss_mode": "token", "seq_len": 512, "lr": 1e-3},
+}

@@ -38,6 +38,7 @@ class LaunchConfig:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     offload: str = "none"  # zero2: optimizer; zero3: optimizer|params|all
+    kind: str = "run"  # run | sft | pretrain (each command's defaults, see config.KIND_DEFAULTS)
     sets: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -49,6 +50,8 @@ class LaunchConfig:
             raise ConfigError("--offload: none|optimizer|params|all")
         if self.offload in ("params", "all") and self.strategy != "zero3":
             raise ConfigError("parameter offload needs --strategy zero3")
+        if self.kind not in ("run", "sft", "pretrain"):
+            raise ConfigError(f"--kind {self.kind!r}: use run, sft or pretrain")
 
 
 def torchrun_command(cfg: LaunchConfig) -> list[str]:
@@ -64,6 +67,8 @@ def torchrun_command(cfg: LaunchConfig) -> list[str]:
         "-m",
         "mft_train.worker",
         cfg.config,
+        "--kind",
+        cfg.kind,
     ]
     for s in cfg.sets:
         cmd += ["--set", s]
@@ -81,7 +86,8 @@ def accelerate_equivalent(cfg: LaunchConfig) -> str:
     return (
         f"accelerate launch {flags} --num_processes {cfg.nproc * cfg.nnodes} --num_machines {cfg.nnodes} "
         f"--machine_rank {cfg.node_rank} --main_process_ip {cfg.master_addr} --main_process_port {cfg.master_port} "
-        f"-m mft_train.worker {shlex.quote(cfg.config)}" + "".join(f" --set {shlex.quote(s)}" for s in cfg.sets)
+        f"-m mft_train.worker {shlex.quote(cfg.config)} --kind {cfg.kind}"
+        + "".join(f" --set {shlex.quote(s)}" for s in cfg.sets)
     )
 
 

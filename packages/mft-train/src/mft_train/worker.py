@@ -10,18 +10,22 @@ from mft_core.ui import cli_errors
 
 
 @cli_errors
-def run(config: Annotated[Path, typer.Argument()], sets: Annotated[list[str] | None, typer.Option("--set")] = None):
+def run(
+    config: Annotated[Path, typer.Argument()],
+    kind: Annotated[str, typer.Option("--kind")] = "run",
+    sets: Annotated[list[str] | None, typer.Option("--set")] = None,
+):
     import torch.distributed as tdist
     from mft_core.config import build_config
 
     from .api import train
-    from .config import TrainConfig
+    from .config import KIND_DEFAULTS, TrainConfig
     from .launch import check_launch_environment, init_distributed
 
     check_launch_environment()
     init_distributed()
     try:
-        train(build_config(TrainConfig, config, sets=sets or ()))
+        train(build_config(TrainConfig, config, sets=sets or (), base=KIND_DEFAULTS[kind]), kind=kind)
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
