@@ -52,3 +52,18 @@ def test_vllm_backend_without_vllm_is_a_config_error(llama_base, problems):
     prompting = build_prompts(tok, [problems["HumanEval/0"]], _cfg(llama_base, backend="vllm"))
     with pytest.raises(ConfigError, match="vllm"):
         generate_vllm(Path(llama_base), tok, prompting, _cfg(llama_base, backend="vllm"))
+
+
+def test_a_quantization_that_failed_its_gate_is_flagged(tmp_path, capsys):
+    from mft_core.manifest import new_manifest, write_manifest
+    from mft_eval.api import _warn_if_gate_failed
+
+    quality = {"passed": False, "overall_increase": 0.12, "max_increase": 0.05}
+    write_manifest(tmp_path, new_manifest("quantized-model", "mft-quant", "0", {}, (), {"quality": quality}))
+    _warn_if_gate_failed(tmp_path)
+    said = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "failed mft-quant's quality gate (perplexity +12.0% > 5.0%)" in said
+    quality["passed"] = True
+    write_manifest(tmp_path, new_manifest("quantized-model", "mft-quant", "0", {}, (), {"quality": quality}))
+    _warn_if_gate_failed(tmp_path)
+    assert "quality gate" not in capsys.readouterr().err

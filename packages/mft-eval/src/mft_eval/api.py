@@ -186,6 +186,22 @@ def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> Ev
     return EvalResult(out, False, summary)
 
 
+def _warn_if_gate_failed(model_dir: Path) -> None:
+    """A quantized folder is kept when it fails mft-quant's quality gate (for inspection): say so before scoring."""
+    from mft_core.manifest import has_manifest, read_manifest
+    from mft_core.ui import warn
+
+    if not has_manifest(model_dir):
+        return
+    summary = read_manifest(model_dir).summary
+    quality = summary.get("quality") if isinstance(summary, dict) else None
+    if isinstance(quality, dict) and quality.get("passed") is False:
+        warn(
+            f"{model_dir} failed mft-quant's quality gate (perplexity +{quality.get('overall_increase', 0):.1%} > "
+            f"{quality.get('max_increase', 0):.1%}); scoring it anyway"
+        )
+
+
 def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -> EvalResult:
     """Generate completions with the model, post-process, execute and score them; record everything."""
     from mft_core.artifacts import model_fingerprint, resolve_model_dir
@@ -193,6 +209,7 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
     from .generate import build_prompts, clean_completion, generate_hf, generate_vllm, load_tokenizer
 
     model_dir = resolve_model_dir(cfg.model)
+    _warn_if_gate_failed(model_dir)
     problems_path = cfg.problems or default_problem_file()
     problems = load_problems(problems_path)
     chosen = list(problems.values())[: cfg.limit] if cfg.limit else list(problems.values())
