@@ -92,10 +92,17 @@ class _Reporter:
         self.cfg, self.parts, self.model, self.valid = cfg, parts, model, valid
         self.tokenizer, self.out, self.log, self.bar, self.bar_task = tokenizer, out, log, bar, bar_task
         self.last_eval: dict | None = None
-        self.window: list = []
 
     def on_step(self, state: TrainState, r) -> None:
-        self.window.append(r)
+        state.log_window.append(
+            {
+                "loss": r.loss,
+                "task_loss": dict(r.task_loss),
+                "seconds": r.seconds,
+                "real_tokens": r.real_tokens,
+                "grad_norm": r.grad_norm,
+            }
+        )
         for task, n in r.task_tokens.items():
             state.task_tokens[task] = state.task_tokens.get(task, 0) + n
         if self.bar is not None:
@@ -106,21 +113,21 @@ class _Reporter:
                 info=f"loss {r.loss:.4f} | {losses} | {r.real_tokens / max(r.seconds, 1e-9):,.0f} tok/s",
             )
         if state.step % max(self.cfg.log_every, 1) == 0 or state.step == self.parts.total_steps:
-            n = len(self.window)
-            seconds = sum(x.seconds for x in self.window)
+            window = state.log_window
+            seconds = sum(x["seconds"] for x in window)
             self.log.log(
                 {
                     "kind": "train",
                     "step": state.step,
-                    "loss": sum(x.loss for x in self.window) / n,
-                    "task_loss": _mean_task_loss(self.window),
+                    "loss": sum(x["loss"] for x in window) / len(window),
+                    "task_loss": _mean_task_loss(window),
                     "lr": self.parts.engine.scheduler.get_last_lr()[0],
-                    "grad_norm": self.window[-1].grad_norm,
-                    "tokens_per_s": sum(x.real_tokens for x in self.window) / max(seconds, 1e-9),
+                    "grad_norm": window[-1]["grad_norm"],
+                    "tokens_per_s": sum(x["real_tokens"] for x in window) / max(seconds, 1e-9),
                     "tokens_seen": state.tokens_seen,
                 }
             )
-            self.window = []
+            state.log_window = []
 
     def on_eval(self, state: TrainState) -> bool:
         if self.valid is None:
@@ -213,10 +220,10 @@ class _Balancer:
         )
 
 
-def _mean_task_loss(results) -> dict[str, float | None]:
+def _mean_task_loss(window: list[dict]) -> dict[str, float | None]:
     out = {}
-    for task in results[0].task_loss:
-        values = [r.task_loss[task] for r in results if r.task_loss[task] is not None]
+    for task in window[0]["task_loss"]:
+        values = [r["task_loss"][task] for r in window if r["task_loss"][task] is not None]
         out[task] = sum(values) / len(values) if values else None
     return out
 

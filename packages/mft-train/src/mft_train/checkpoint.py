@@ -36,6 +36,9 @@ class TrainState:
     bad_evals: int = 0
     stopped_early: bool = False
     balance: dict | None = None  # convergence-balancing histories and weights (balance.BalanceState)
+    # steps since the last metrics line (loss, task_loss, seconds, real_tokens, grad_norm): a resumed run's first
+    # line then averages the same steps as an uninterrupted run's
+    log_window: list[dict] = field(default_factory=list)
 
 
 def rng_state() -> dict[str, Any]:
