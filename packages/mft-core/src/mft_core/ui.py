@@ -37,12 +37,15 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
+# Messages are never wrapped by rich: a path or a command broken over two lines cannot be copied or grepped.
+
+
 def info(message: str) -> None:
-    console.print(message)
+    console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
+    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
 
 def cli_errors(fn: F) -> F:
@@ -54,9 +57,9 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MFTError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}")
+            console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
             if exc.fix:
-                console.print(f"[bold]fix:[/] {exc.fix}")
+                console.print(f"[bold]fix:[/] {exc.fix}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: nothing half-written was kept")
