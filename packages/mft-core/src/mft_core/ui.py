@@ -13,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .errors import MFTError
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: messages are never wrapped by rich, since a path or command broken over two lines cannot be copied or
+# grepped (tables still fit the width)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # Import-time chatter of optional dependencies (torchao's missing CUDA kernels, torch's pytree deprecation notes,
 # DeepSpeed's accelerator probe) says nothing about the user's run; keep real warnings and errors visible.
@@ -37,15 +39,12 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
-# Messages are never wrapped by rich: a path or a command broken over two lines cannot be copied or grepped.
-
-
 def info(message: str) -> None:
-    console.print(message, soft_wrap=True)
+    console.print(message)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {message}")
 
 
 def cli_errors(fn: F) -> F:
@@ -57,9 +56,9 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MFTError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {exc.message}")
             if exc.fix:
-                console.print(f"[bold]fix:[/] {exc.fix}", soft_wrap=True)
+                console.print(f"[bold]fix:[/] {exc.fix}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: nothing half-written was kept")
