@@ -105,6 +105,28 @@ def matmul_peak(device: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def run_settings(base: str, tok: str, out: str, peft: str, steps: int, seq: int, micro: int) -> dict:
+    """The mft-train settings every variant of this check shares (LoRA r16, bf16, token loss, no eval)."""
+    return dict(
+        model=base,
+        data=tok,
+        output_dir=out,
+        peft=peft,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lr=2e-4,
+        max_steps=steps,
+        micro_batch_size=micro,
+        grad_accum=1,
+        seq_len=seq,
+        bf16=True,
+        loss_mode="token",
+        log_every=1,
+        eval_every=0,
+    )
+
+
 def run_ours(work: str, base: str, tok: str, peft: str, attn: str, steps: int, seq: int, micro: int) -> dict:
     import torch
     from mft_train.api import train
@@ -117,23 +139,8 @@ def run_ours(work: str, base: str, tok: str, peft: str, attn: str, steps: int, s
     start = time.perf_counter()
     train(
         TrainConfig(
-            model=base,
-            data=tok,
-            output_dir=out,
-            peft=peft,
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            lr=2e-4,
-            max_steps=steps,
-            micro_batch_size=micro,
-            grad_accum=1,
-            seq_len=seq,
-            bf16=True,
+            **run_settings(base, tok, out, peft, steps, seq, micro),
             attn_implementation=attn,
-            loss_mode="token",
-            log_every=1,
-            eval_every=0,
             warmup_steps=0,
             target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         )
@@ -155,24 +162,7 @@ def run_launched(work: str, base: str, tok: str, strategy: str, steps: int, seq:
     import yaml
 
     out = os.path.join(work, f"ours-qlora-{strategy}")
-    cfg = dict(
-        model=base,
-        data=tok,
-        output_dir=out,
-        peft="qlora",
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        lr=2e-4,
-        max_steps=steps,
-        micro_batch_size=micro,
-        grad_accum=1,
-        seq_len=seq,
-        bf16=True,
-        loss_mode="token",
-        log_every=1,
-        eval_every=0,
-    )
+    cfg = run_settings(base, tok, out, "qlora", steps, seq, micro)
     path = os.path.join(work, f"{strategy}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)

@@ -61,6 +61,11 @@ QUICK = dict(
 DEMO_CONFIG = REPO / "examples" / "configs" / "pipeline-lora.yaml"
 
 
+def sets(*pairs: str) -> list[str]:
+    """``key=value`` config overrides as mft-train's repeated ``--set`` flags."""
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
 class Pipeline:
     def __init__(self, run_dir: Path, settings: dict, model: str | None = None, config: Path = DEMO_CONFIG):
         import yaml
@@ -117,18 +122,14 @@ class Pipeline:
             r / "pretrain",
             "--max-mb",
             str(s["pretrain_mb"]),
-            "--set",
-            f"max_steps={s['pretrain_steps']}",
-            "--set",
-            "micro_batch_size=8",
-            "--set",
-            "bf16=true",
-            "--set",
-            "lr=2e-3",
-            "--set",
-            "warmup_steps=20",
-            "--set",
-            "log_every=20",
+            *sets(
+                f"max_steps={s['pretrain_steps']}",
+                "micro_batch_size=8",
+                "bf16=true",
+                "lr=2e-3",
+                "warmup_steps=20",
+                "log_every=20",
+            ),
         )
 
     def data(self) -> None:
@@ -174,10 +175,10 @@ class Pipeline:
 
     def train(self) -> None:
         r = self.run
-        sets = [f"model={self.base_model}", f"data={r / 'tok'}", f"output_dir={r / 'train'}"]
+        keys = [f"model={self.base_model}", f"data={r / 'tok'}", f"output_dir={r / 'train'}"]
         if self.config == DEMO_CONFIG:
-            sets.append(f"epochs={self.s['epochs']}")  # --quick shortens the demo; a real config keeps its own
-        self.sh("train", self.tool("mft-train"), "run", self.config, *[a for x in sets for a in ("--set", x)])
+            keys.append(f"epochs={self.s['epochs']}")  # --quick shortens the demo; a real config keeps its own
+        self.sh("train", self.tool("mft-train"), "run", self.config, *sets(*keys))
 
     def merge(self) -> None:
         self.sh("merge", self.tool("mft-merge"), self.run / "train", "--out", self.run / "merged", "--overwrite")

@@ -7,12 +7,21 @@ as a model too.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .errors import ContractError
 from .manifest import has_manifest, read_manifest
 
 MODEL_KINDS = ("base-model", "model", "merged-model", "quantized-model")
+
+
+def model_type_of(model_dir: str | Path) -> str | None:
+    """``model_type`` from a model folder's config.json (None when there is none or it is unreadable)."""
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -37,6 +38,27 @@ def progress(transient: bool = False) -> Progress:
         transient=transient,
         disable=not console.is_terminal,
     )
+
+
+@contextlib.contextmanager
+def labelled_bars(prefix: str = "", *, cumulative: bool = True) -> Iterator[Callable[[str, int, int | None], None]]:
+    """Progress bars for one library call: a bar per label it reports (a file, task, split or stage).
+
+    The callback is ``(label, n, total)``: ``n`` is the work done since the last call when ``cumulative``, else
+    the work done so far.
+    """
+    with progress() as bar:
+        handles: dict[str, int] = {}
+
+        def report(label: str, n: int, total: int | None) -> None:
+            if label not in handles:
+                handles[label] = bar.add_task(f"{prefix} {label}".strip(), total=total, info="")
+            if cumulative:
+                bar.advance(handles[label], n)
+            else:
+                bar.update(handles[label], completed=n)
+
+        yield report
 
 
 def info(message: str) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from mft_core.config import build_config
-from mft_core.ui import cli_errors, console, make_app, progress
+from mft_core.ui import cli_errors, console, labelled_bars, make_app
 from rich.table import Table
 
 from . import config as C
@@ -18,20 +17,6 @@ app = make_app(
     "Instruction data -> MFT's unified chat folders -> token datasets.\n\n"
     "Typical flow: format (once per task) -> validate -> decontaminate -> split -> tokenize."
 )
-
-
-@contextlib.contextmanager
-def bars(verb: str):
-    """Progress bars for a library call: one bar per label the call reports (a file, task or split)."""
-    with progress() as bar:
-        handles: dict[str, int] = {}
-
-        def on_progress(label: str, n: int, total: int | None) -> None:
-            if label not in handles:
-                handles[label] = bar.add_task(f"{verb} {label}", total=total, info="")
-            bar.advance(handles[label], n)
-
-        yield on_progress
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with this command's settings; flags win.")]
@@ -71,7 +56,7 @@ def format_cmd(
             overwrite=overwrite,
         ),
     )
-    with bars("format") as on_progress:
+    with labelled_bars("format") as on_progress:
         result = format_task(cfg, on_progress)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: task {result.task} in {result.folder} ({result.records} records)")
@@ -105,7 +90,7 @@ def validate(
         config,
         dict(folder=folder, tokenizer=tokenizer, max_chars=max_chars, max_tokens=max_tokens, strict=strict),
     )
-    with bars("validate") as on_progress:
+    with labelled_bars("validate") as on_progress:
         result = validate_folder(cfg, on_progress)
     table = Table("task", "records", "problems", title=f"validate {folder}")
     for name, t in result.tasks.items():
@@ -142,7 +127,7 @@ def decontaminate(
     cfg = build_config(
         C.DecontamConfig, config, dict(folder=folder, against=against, ngram=ngram, mode=mode, problems=problems)
     )
-    with bars("decontaminate") as on_progress:
+    with labelled_bars("decontaminate") as on_progress:
         report = run(cfg, on_progress)
     if report.up_to_date:
         console.print(f"[green]up to date[/]: {folder} was already decontaminated with these settings")
@@ -207,7 +192,7 @@ def tokenize(
             overwrite=overwrite,
         ),
     )
-    with bars("tokenize") as on_progress:
+    with labelled_bars("tokenize") as on_progress:
         result = tokenize_folder(cfg, on_progress)
     if result.up_to_date:
         console.print(f"[green]up to date[/]: {result.out}")

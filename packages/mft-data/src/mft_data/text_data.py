@@ -77,7 +77,10 @@ def text_files(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) 
 
 def text_files_ref(sources: Sequence[str], max_files: int = 0, max_mb: float = 0.0) -> InputRef:
     """One input reference for a set of raw files: changes when a file is added, removed, resized or rewritten."""
-    files = text_files(sources, max_files, max_mb)
+    return _listing_ref(text_files(sources, max_files, max_mb))
+
+
+def _listing_ref(files: Sequence[Path]) -> InputRef:
     listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     return InputRef("text-files", None, None, sha256_bytes(json.dumps(listing).encode()))
 
@@ -109,7 +112,7 @@ def tokenize_text_files(cfg: TextTokenizeConfig, progress: Callable[[int, int], 
         "kind": "text",
     }
     inputs = (
-        text_files_ref(cfg.sources, cfg.max_files, cfg.max_mb),
+        _listing_ref(files),  # the files listed above, not a second walk of the folders
         tokenizer_ref(cfg.tokenizer),
     )
     probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)

@@ -73,16 +73,16 @@ def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> Va
         if max_tokens is None and 0 < (tokenizer.model_max_length or 0) < 10**7:
             max_tokens = tokenizer.model_max_length  # without --max-tokens, the tokenizer's own limit
     report = ValidationReport(cfg.folder, {})
+    counts = {t: s["records"] for t, s in read_manifest(cfg.folder).summary["tasks"].items()}  # bar totals
     for task in task_names(cfg.folder):
         tr = report.tasks.setdefault(task, TaskReport(task))
         exact: dict[str, str] = {}
         normal: dict[str, str] = {}
         path = Path(cfg.folder) / task / "data.jsonl"
-        total = read_manifest(cfg.folder).summary["tasks"][task]["records"]
         for index, record in enumerate(iter_task_records(cfg.folder, task)):
             tr.records += 1
             if progress:
-                progress(task, 1, total)
+                progress(task, 1, counts[task])
             rid = record.get("id", f"#{index}")
             where = f"{path}:{index + 1} (id {rid})"
             for problem in validate_record(record, index) + (

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from mft_core.config import build_config
-from mft_core.ui import cli_errors, console, make_app, progress
+from mft_core.ui import cli_errors, console, labelled_bars, make_app
 from rich.table import Table
 
 app = make_app(
@@ -67,16 +67,28 @@ def _print_summary(summary: dict, out: Path, show_tasks: bool) -> None:
         console.print(tasks)
 
 
-def _run_with_progress(fn, cfg):
-    with progress() as bar:
-        handles: dict[str, int] = {}
+def _run_and_report(fn, cfg, show_tasks: bool, same: str) -> None:
+    """Run ``fn(cfg, on_progress)`` with progress bars, then print the summary (``same``: what an up-to-date
+    output shares with this run)."""
+    with labelled_bars(cumulative=False) as on_progress:  # the api reports (stage, done so far, total)
+        result = fn(cfg, on_progress)
+    if result.up_to_date:
+        console.print(f"[green]up to date[/]: {result.out} (same {same})")
+    _print_summary(result.summary, result.out, show_tasks)
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in handles:
-                handles[stage] = bar.add_task(stage, total=total, info="")
-            bar.update(handles[stage], completed=done)
 
-        return fn(cfg, on_progress)
+def _execution_flags(problems, preset, k, timeout, workers, memory_mb, packages, overwrite) -> dict:
+    """The flags `humaneval` and `score` share (problems, scoring and sandbox settings)."""
+    return dict(
+        problems=problems,
+        preset=preset,
+        k=k,
+        timeout=timeout,
+        workers=workers,
+        memory_mb=memory_mb,
+        packages=packages,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -148,21 +160,11 @@ def humaneval(
             dtype=dtype,
             device=device,
             threads=threads,
-            problems=problems,
             limit=limit,
-            preset=preset,
-            k=k,
-            timeout=timeout,
-            workers=workers,
-            memory_mb=memory_mb,
-            packages=packages,
-            overwrite=overwrite,
+            **_execution_flags(problems, preset, k, timeout, workers, memory_mb, packages, overwrite),
         ),
     )
-    result = _run_with_progress(run_humaneval, cfg)
-    if result.up_to_date:
-        console.print(f"[green]up to date[/]: {result.out} (same model, problems and settings)")
-    _print_summary(result.summary, result.out, show_tasks)
+    _run_and_report(run_humaneval, cfg, show_tasks, "model, problems and settings")
 
 
 @app.command()
@@ -195,21 +197,11 @@ def score(
         dict(
             samples=samples,
             out=out,
-            problems=problems,
             solution_mode=solution_mode,
-            preset=preset,
-            k=k,
-            timeout=timeout,
-            workers=workers,
-            memory_mb=memory_mb,
-            packages=packages,
-            overwrite=overwrite,
+            **_execution_flags(problems, preset, k, timeout, workers, memory_mb, packages, overwrite),
         ),
     )
-    result = _run_with_progress(score_samples, cfg)
-    if result.up_to_date:
-        console.print(f"[green]up to date[/]: {result.out} (same samples, problems and settings)")
-    _print_summary(result.summary, result.out, show_tasks)
+    _run_and_report(score_samples, cfg, show_tasks, "samples, problems and settings")
 
 
 @app.command()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mft_core.artifacts import model_fingerprint, resolve_adapter_dir, resolve_model_dir
+from mft_core.artifacts import model_fingerprint, model_type_of, resolve_adapter_dir, resolve_model_dir
 from mft_core.config import config_to_dict
 from mft_core.errors import ConfigError, ContractError, QualityGateError
 from mft_core.manifest import InputRef, atomic_output_dir, has_manifest, is_up_to_date, new_manifest, read_manifest
@@ -71,21 +70,14 @@ def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> t
     return base, train_output
 
 
-def _model_type(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
 def _check_same_architecture(base: Path, named: list[str]) -> None:
     """The base must be of the architecture the adapter was trained on, wherever that base can still be read.
 
     Shapes alone do not tell: a llama adapter fits a qwen2 base of the same sizes and would merge silently.
     """
-    actual = _model_type(base)
+    actual = model_type_of(base)
     for name in named:
-        trained_on = _model_type(Path(name)) if Path(name).is_dir() else None
+        trained_on = model_type_of(Path(name)) if Path(name).is_dir() else None
         if actual and trained_on and trained_on != actual:
             raise ContractError(
                 f"the adapter was trained on a {trained_on} model ({name}) but the base {base} is {actual}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from mft_core.artifacts import resolve_model_dir
+from mft_core.artifacts import model_type_of, resolve_model_dir
 from mft_core.errors import ConfigError
 from mft_core.families import FAMILIES
 
@@ -31,13 +31,7 @@ def load_tokenizer(model_dir: Path):
 
 def fallback_pad(tokenizer, model_dir: Path) -> str:
     """The family's pad policy (``unk`` for Llama-style tokenizers that have one, else EOS)."""
-    import json
-
-    try:
-        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        model_type = None
-    family = FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type_of(model_dir))
     if family is not None and family.pad_policy == "unk" and tokenizer.unk_token is not None:
         return tokenizer.unk_token
     return tokenizer.eos_token
