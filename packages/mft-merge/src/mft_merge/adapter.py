@@ -48,15 +48,22 @@ class Adapter:
     config: dict
     modules: dict[str, ModuleLoRA] = field(default_factory=dict)  # module path -> LoRA
     replaced: dict[str, torch.Tensor] = field(default_factory=dict)  # base tensor name -> full trained copy
+    # base tensor name -> the copy of the base weight PEFT saved with a LoRA'd embedding or lm_head
+    # (``X.base_layer.weight``, save_embedding_layers): loading puts it in place of the base's, the LoRA goes on top
+    base_weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def fan_in_fan_out(self) -> bool:
+        """The saved flag. PEFT decides it per module (Conv1D: True, nn.Linear: False, whatever the config says,
+        which keeps the value the last wrapped module left): the merge asks the architecture, this is a fallback."""
         return bool(self.config.get("fan_in_fan_out"))
 
 
-def _pattern_value(patterns: dict, module: str, default):
+def pattern_value(patterns: dict, module: str, default):
+    r"""A ``rank_pattern`` / ``alpha_pattern`` lookup as PEFT's ``get_pattern_key`` does it: the first key that
+    matches ``(.*\.)?(KEY)$`` (a key is a regex; the group keeps an alternation ``a|b`` anchored at both ends)."""
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?{key}$", module):
+        if re.match(rf"(.*\.)?({key})$", module):
             return value
     return default
 
@@ -97,13 +104,19 @@ def load_adapter(path: Path) -> Adapter:
             parts.setdefault(name[: -len(".lora_magnitude_vector")], {})["magnitude"] = tensor
         elif "lora_" in name:
             raise ContractError(f"{weights_path}: tensor {key} is a LoRA part mft-merge does not know")
+        elif ".base_layer." in name:
+            base_name = name.replace(".base_layer.", ".")
+            if name.endswith(".base_layer.weight"):
+                adapter.base_weights[base_name] = tensor
+            else:  # e.g. the bias of a saved lm_head: PEFT loads it in place of the base's too
+                adapter.replaced[base_name] = tensor
         elif ".original_module." in name:
             continue  # PEFT also saves the (resized) base copy of a modules_to_save layer; the trained copy wins
         elif ".modules_to_save." in name:
             adapter.replaced.setdefault(name.replace(".modules_to_save.", "."), tensor)
         else:
             adapter.replaced[name] = tensor  # modules_to_save: a full trained copy of a base tensor
-    alpha, rslora = config["lora_alpha"], bool(config.get("use_rslora"))
+    alpha, rank, rslora = config["lora_alpha"], config.get("r"), bool(config.get("use_rslora"))
     for module, p in parts.items():
         embedding = "lora_embedding_A" in p
         a, b = (
@@ -111,9 +124,17 @@ def load_adapter(path: Path) -> Adapter:
         )
         if a is None or b is None:
             raise ContractError(f"{weights_path}: module {module} has only half of its LoRA (A or B missing)")
-        r = a.shape[0]
-        module_alpha = _pattern_value(config.get("alpha_pattern") or {}, module, alpha)
+        r = pattern_value(config.get("rank_pattern") or {}, module, rank or a.shape[0])
+        if a.shape[0] != r or b.shape[1] != r:
+            raise ContractError(
+                f"{weights_path}: module {module} has LoRA rank {a.shape[0]} (A) / {b.shape[1]} (B), but "
+                f"adapter_config.json gives it r={r} (r / rank_pattern): the config and the weights disagree"
+            )
+        module_alpha = pattern_value(config.get("alpha_pattern") or {}, module, alpha)
         adapter.modules[module] = ModuleLoRA(
             module, a, b, lora_scale(module_alpha, r, rslora), embedding, p.get("magnitude")
         )
+    for name in adapter.base_weights:
+        if name[: -len(".weight")] not in adapter.modules:
+            raise ContractError(f"{weights_path}: a saved base copy of {name} but no LoRA on that module")
     return adapter

@@ -133,7 +133,8 @@ def merge(cfg: MergeConfig) -> MergeResult:
                     f" or token agreement {verification.token_agreement:.2f} < {verification.min_agreement}"
                     if verification.check == "logits"
                     else ""
-                ),
+                )
+                + (f" ({verification.detail})" if verification.detail else ""),
                 fix="nothing was written; report this with the adapter, or use --dtype fp32",
             )
         staging.finish(new_manifest("merged-model", "mft-merge", __version__, config, inputs, summary))

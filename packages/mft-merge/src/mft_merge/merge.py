@@ -46,6 +46,7 @@ class Plan:
     merged: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     quantized: set[str] = field(default_factory=set)  # tensors rounded through nf4 (--simulate-nf4)
+    fan_in_fan_out: set[str] = field(default_factory=set)  # LoRA'd modules whose weight is stored [in, out]
 
 
 def parse_size(text: str) -> int:
@@ -88,18 +89,52 @@ def output_dtype(choice: str, base_config: dict, entries: list[Source]) -> torch
     return torch.float32
 
 
-def _check_lora_shape(lora: ModuleLoRA, shape: tuple[int, ...], fan_in_fan_out: bool) -> None:
+def _fits(lora: ModuleLoRA, shape: tuple[int, ...], fan_in_fan_out: bool) -> bool:
     if lora.embedding:
         expected_a, expected_b = (lora.a.shape[0], shape[0]), (shape[1], lora.a.shape[0])
     else:
         out_f, in_f = (shape[1], shape[0]) if fan_in_fan_out else shape
         expected_a, expected_b = (lora.a.shape[0], in_f), (out_f, lora.a.shape[0])
-    if tuple(lora.a.shape) != expected_a or tuple(lora.b.shape) != expected_b:
+    return tuple(lora.a.shape) == expected_a and tuple(lora.b.shape) == expected_b
+
+
+def _check_lora_shape(lora: ModuleLoRA, shape: tuple[int, ...], fan_in_fan_out: bool) -> None:
+    if len(shape) != 2 or not _fits(lora, shape, fan_in_fan_out):
         raise ContractError(
             f"adapter module {lora.module}: LoRA shapes A{tuple(lora.a.shape)} B{tuple(lora.b.shape)} do not fit the "
             f"base weight {shape}: the adapter was trained on another architecture or hidden size",
             fix="pass the base the adapter was trained on with --base",
         )
+
+
+def conv1d_modules(model_dir: Path) -> set[str] | None:
+    """Names of the transformers ``Conv1D`` modules (GPT-2 style, weight stored ``[in, out]``) of the architecture;
+    None when transformers cannot build it. PEFT merges exactly these with fan_in_fan_out, and every nn.Linear
+    without, whatever the adapter's saved ``fan_in_fan_out`` says."""
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        meta = _meta_model(model_dir)
+    except Exception:  # noqa: BLE001 - custom code or an unknown architecture: the caller falls back to shapes
+        return None
+    return {n for n, m in meta.named_modules() if isinstance(m, Conv1D)}
+
+
+def _meta_model(model_dir: Path):
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+
+
+def _is_fan_in_fan_out(lora: ModuleLoRA, shape: tuple[int, ...], conv1d: set[str] | None, saved: bool) -> bool:
+    if lora.embedding:
+        return False
+    if conv1d is not None:
+        return lora.module in conv1d
+    fits = [f for f in (False, True) if _fits(lora, shape, f)]
+    return fits[0] if len(fits) == 1 else saved  # a square weight: only the saved flag can tell
 
 
 def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard: int, simulate_nf4: bool) -> Plan:
@@ -108,6 +143,7 @@ def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard:
     entries = base_entries(model_dir)
     by_name = {s.entry.name: s for s in entries}
     plan = Plan({}, {}, {}, [])
+    conv1d = conv1d_modules(model_dir) if any(not lora.embedding for lora in adapter.modules.values()) else set()
     for module, lora in adapter.modules.items():
         name = f"{module}.weight"
         if name not in by_name:
@@ -115,7 +151,18 @@ def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard:
                 f"adapter targets {module}, but the base has no tensor {name}",
                 fix="check --base: the adapter was trained on another model",
             )
-        _check_lora_shape(lora, by_name[name].entry.shape, adapter.fan_in_fan_out)
+        shape = by_name[name].entry.shape
+        if name in adapter.base_weights and tuple(adapter.base_weights[name].shape) != shape:
+            raise ContractError(
+                f"the adapter's saved copy of {name} has shape {tuple(adapter.base_weights[name].shape)} but the "
+                f"base has {shape}: the embeddings were resized before training, and PEFT did not save every "
+                "resized layer with them",
+                fix="train with modules_to_save=[embed_tokens, lm_head] instead, or merge with PEFT's merge_and_unload",
+            )
+        fan_in_fan_out = _is_fan_in_fan_out(lora, shape, conv1d, adapter.fan_in_fan_out)
+        _check_lora_shape(lora, shape, fan_in_fan_out)
+        if fan_in_fan_out:
+            plan.fan_in_fan_out.add(module)
         plan.merged.append(name)
     tied = bool(base_config.get("tie_word_embeddings", False))
     for name in adapter.replaced:
@@ -167,11 +214,7 @@ def _resized_vocab(plan: Plan, base_config: dict) -> None:
 
 def quantized_linear_weights(model_dir: Path) -> set[str]:
     """Weights QLoRA stored in nf4: every nn.Linear except the output layer (bitsandbytes' default skip)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with init_empty_weights():
-        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    meta = _meta_model(model_dir)
     output = meta.get_output_embeddings()
     return {f"{n}.weight" for n, m in meta.named_modules() if isinstance(m, torch.nn.Linear) and m is not output}
 
@@ -202,17 +245,21 @@ def merged_tensor(name: str, plan: Plan, adapter: Adapter, handles: dict) -> tor
     if name in adapter.replaced:
         value = adapter.replaced[name]
     else:
-        if source.path not in handles:
-            handles[source.path] = open(source.path, "rb")
-        value = read_tensor(handles[source.path], source.entry)
+        if name in adapter.base_weights:  # PEFT loads this copy over the base's before the LoRA goes on top
+            value = adapter.base_weights[name]
+        else:
+            if source.path not in handles:
+                handles[source.path] = open(source.path, "rb")
+            value = read_tensor(handles[source.path], source.entry)
         if name in plan.quantized:
             value = nf4_roundtrip(value)
         lora = adapter.modules.get(name[: -len(".weight")]) if name.endswith(".weight") else None
         if lora is not None:
             if lora.embedding:
-                value = merge_embedding(value, lora.a, lora.b, lora.scale)
+                value = merge_embedding(value, lora.a, lora.b, lora.scale, lora.magnitude)
             else:
-                value = merge_linear(value, lora.a, lora.b, lora.scale, adapter.fan_in_fan_out, lora.magnitude)
+                fan_in_fan_out = lora.module in plan.fan_in_fan_out
+                value = merge_linear(value, lora.a, lora.b, lora.scale, fan_in_fan_out, lora.magnitude)
     return value.to(plan.dtypes[name])
 
 

@@ -31,19 +31,43 @@ def merge_linear(
     fan_in_fan_out: bool = False,
     magnitude: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``W + ΔW``; with DoRA ``m ⊙ (W + ΔW) / ‖W + ΔW‖`` (norm of each output row, as PEFT computes it)."""
+    """``W + ΔW``; with DoRA ``m ⊙ (W + ΔW) / ‖W + ΔW‖``, the norm of each output row (PEFT's
+    ``DoraLinearLayer``: for fan_in_fan_out layers, stored ``[in, out]``, of each column as stored)."""
     merged = w.float() + linear_delta(a, b, scale, fan_in_fan_out)
     if magnitude is None:
         return merged
     rows = merged.T if fan_in_fan_out else merged
-    norm = torch.linalg.norm(rows, dim=1)
-    rows = (magnitude.float() / norm).unsqueeze(1) * rows
+    rows = dora_factor(magnitude, row_norms(rows)).unsqueeze(1) * rows
     return rows.T if fan_in_fan_out else rows
 
 
-def merge_embedding(e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """``E + scale · (B A)ᵀ`` for a LoRA on an embedding table."""
-    return e.float() + (b.float() @ a.float()).T * scale
+def merge_embedding(
+    e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, magnitude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``E + ΔE`` with ``ΔE = scale · (B A)ᵀ`` for a LoRA on an embedding table; with DoRA
+    ``m ⊙ (E + ΔE) / ‖E + ΔE‖``, the norm of each embedding dimension (a column ``[:, j]``, over the whole
+    vocabulary), as PEFT's ``DoraEmbeddingLayer`` computes it: ``m`` has ``dim`` entries."""
+    merged = e.float() + (b.float() @ a.float()).T * scale
+    if magnitude is None:
+        return merged
+    return dora_factor(magnitude, row_norms(merged.T)).unsqueeze(0) * merged
+
+
+def row_norms(x: torch.Tensor, max_elements: int = 1 << 24) -> torch.Tensor:
+    """``‖x[i, :]‖₂`` for every row, accumulated in float64 a block of rows at a time (float64).
+
+    A float32 sum over a long axis, such as an embedding's whole vocabulary, drifts by several eps (measured 9);
+    blocks of at most ``max_elements`` keep the float64 copy small."""
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    step = max(1, max_elements // max(1, x.shape[1]))
+    for i in range(0, x.shape[0], step):
+        out[i : i + step] = torch.linalg.norm(x[i : i + step].double(), dim=1)
+    return out
+
+
+def dora_factor(magnitude: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """DoRA's ``m / ‖W + ΔW‖`` per output row (per embedding dimension), as float32."""
+    return (magnitude.double() / norms.double()).float()
 
 
 def nf4_roundtrip(w: torch.Tensor, blocksize: int = 64, load_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
