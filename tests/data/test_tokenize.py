@@ -6,7 +6,7 @@ from helpers import MULTI_TURN, format_folder
 from mft_core.errors import InputError
 from mft_core.manifest import read_manifest
 from mft_data.api import ChatEncoder, TokenizeConfig, decode_supervised, load_tokenized, tokenize_folder
-from mft_data.encode import IGNORE
+from mft_data.encode import IGNORE, is_single_turn
 
 
 def tokenizer(path):
@@ -34,7 +34,8 @@ def test_supervised_tokens_are_exactly_assistant_contents_plus_eos(make_base, fa
     for record, enc in zip(records, encoder.encode(records)):
         text = tok.apply_chat_template(record["chat_rounds"], tokenize=False)
         assert tok.decode(enc.input_ids, clean_up_tokenization_spaces=False) == text
-        expected = [r["content"] + tok.eos_token for r in record["chat_rounds"] if r["role"] == "assistant"]
+        # the default template is MFTCoder's code form: `{content}\n{EOS}` is trained
+        expected = [r["content"] + "\n" + tok.eos_token for r in record["chat_rounds"] if r["role"] == "assistant"]
         assert decode_supervised(tok, enc.input_ids, enc.labels) == expected
         assert enc.labels[0] == IGNORE
 
@@ -101,22 +102,43 @@ def test_rows_decode_to_the_records(formatted, llama_base, tmp_path):
     records = [
         json.loads(x) for task in ("gen", "explain") for x in (formatted / task / "data.jsonl").read_text().splitlines()
     ]
-    assert texts == {tok.apply_chat_template(r["chat_rounds"], tokenize=False) for r in records}
+    # records formatted from single-turn pairs render without the newline after EOS (MFTCoder's prompt/answer form)
+    assert texts == {
+        tok.apply_chat_template(r["chat_rounds"], tokenize=False, single_turn=is_single_turn(r)) for r in records
+    }
 
 
 def test_overlong_policies(tmp_path, llama_base):
-    rows = [{"prompt": "short", "answer": "a"}, {"prompt": "long " * 40, "answer": "word " * 60}]
+    # each policy does exactly what it promises, on three records at seq_len 64: 0 fits; 1 is overlong but its
+    # answer starts inside the first 64 tokens; 2's prompt alone is longer than 64 tokens
+    rows = [
+        {"prompt": "short", "answer": "a"},
+        {"prompt": "long " * 40, "answer": "word " * 60},
+        {"prompt": "long " * 80, "answer": "word " * 10},
+    ]
     folder = format_folder(tmp_path / "data", {"t": rows})
+    records = [json.loads(x) for x in (folder / "t" / "data.jsonl").read_text().splitlines()]
+    full = ChatEncoder(tokenizer(llama_base)).encode(records)
+    first_supervised = [next(i for i, lab in enumerate(e.labels) if lab != IGNORE) for e in full]
+    assert len(full[0]) <= 64 < len(full[1]) and first_supervised[1] < 64 <= first_supervised[2]  # as described
     base = dict(folder=str(folder), tokenizer=str(llama_base), seq_len=64)
+    # drop (the default): both overlong records are dropped, none truncated
     dropped = tokenize_folder(TokenizeConfig(out=str(tmp_path / "drop"), **base)).summary["tasks"]["train"]["t"]
-    assert dropped["records"] == 1 and dropped["dropped"] == 1 and dropped["dropped_ids"] == ["t-0000001"]
+    assert dropped["records"] == 1 and dropped["truncated"] == 0
+    assert dropped["dropped"] == 2 and dropped["dropped_ids"] == ["t-0000001", "t-0000002"]
+    # error: fails on the first overlong record and writes nothing
     with pytest.raises(InputError, match="t-0000001"):
         tokenize_folder(TokenizeConfig(out=str(tmp_path / "err"), overlong="error", **base))
     assert not (tmp_path / "err").exists()
-    # truncating keeps the record only if a supervised token survives: here the prompt alone fills 64 tokens
+    # truncate: record 1 is cut to its first 64 tokens (labels with it) and kept; record 2 would keep no
+    # supervised token, so it is dropped
     truncated = tokenize_folder(TokenizeConfig(out=str(tmp_path / "trunc"), overlong="truncate", **base))
     t = truncated.summary["tasks"]["train"]["t"]
-    assert t["records"] + t["dropped"] == 2 and t["truncated"] + t["dropped"] == 1
+    assert t["records"] == 2 and t["truncated"] == 1
+    assert t["dropped"] == 1 and t["dropped_ids"] == ["t-0000002"]
+    assert t["supervised_tokens"] == full[0].supervised + int((full[1].labels[:64] != IGNORE).sum())
+    kept = [(list(r["input_ids"]), list(r["labels"])) for r in load_tokenized(tmp_path / "trunc").train]
+    assert (full[1].input_ids[:64].tolist(), full[1].labels[:64].tolist()) in kept
 
 
 def test_split_folders_give_train_and_valid(tmp_path, llama_base):
@@ -222,5 +244,5 @@ def test_training_tokens_begin_with_the_inference_prompt_tokens(make_base, famil
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     assert enc.input_ids.tolist()[: len(prompt_ids)] == prompt_ids
     assert enc.labels[len(prompt_ids) - 1] == IGNORE and enc.labels[len(prompt_ids)] != IGNORE
-    answer_ids = tok("    return x + 1\n" + tok.eos_token, add_special_tokens=False)["input_ids"]
+    answer_ids = tok("    return x + 1\n" + "\n" + tok.eos_token, add_special_tokens=False)["input_ids"]
     assert enc.input_ids.tolist()[len(prompt_ids) : len(prompt_ids) + len(answer_ids)] == answer_ids

@@ -38,6 +38,14 @@ def format_cmd(
         bool | None, typer.Option("--skip-invalid", help="Write bad lines to rejects.jsonl instead of failing.")
     ] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace the task if it exists.")] = None,
+    allow_extra_cells: Annotated[
+        bool | None,
+        typer.Option("--allow-extra-cells", help="CSV rows with more cells than the header: drop the extras."),
+    ] = None,
+    map_overwrite: Annotated[
+        bool | None,
+        typer.Option("--map-overwrite", help="--map SRC=DST replaces a DST field the row already has."),
+    ] = None,
     config: ConfigOpt = None,
 ):
     """Convert files of any common instruction format into DIR/<task>/data.jsonl (unified chat schema)."""
@@ -54,6 +62,8 @@ def format_cmd(
             field_map=tuple(field_map) if field_map else None,
             skip_invalid=skip_invalid,
             overwrite=overwrite,
+            allow_extra_cells=allow_extra_cells,
+            map_overwrite=map_overwrite,
         ),
     )
     with labelled_bars("format") as on_progress:
@@ -171,6 +181,14 @@ def tokenize(
     ] = None,
     overlong: Annotated[str | None, typer.Option(help="Records longer than --seq-len: drop|truncate|error.")] = None,
     num_proc: Annotated[int | None, typer.Option(help="Worker processes for rendering and tokenizing.")] = None,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(
+            "--chat-template",
+            help="Render with a built-in template instead of the tokenizer's: mftcoder (MFTCoder's code, the "
+            "default for tokenizers without one) | mftcoder-readme.",
+        ),
+    ] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
     config: ConfigOpt = None,
 ):
@@ -189,6 +207,7 @@ def tokenize(
             mode=mode,
             overlong=overlong,
             num_proc=num_proc,
+            chat_template=chat_template,
             overwrite=overwrite,
         ),
     )

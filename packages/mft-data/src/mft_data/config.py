@@ -19,6 +19,8 @@ class FormatConfig:
     field_map: tuple[str, ...] = ()
     skip_invalid: bool = False
     overwrite: bool = False
+    allow_extra_cells: bool = False  # CSV rows with more cells than the header: drop the extras instead of failing
+    map_overwrite: bool = False  # --map SRC=DST where the row already has DST: replace it instead of failing
 
     def __post_init__(self):
         if not self.inputs:
@@ -81,8 +83,13 @@ class TokenizeConfig:
     num_proc: int = 1
     batch_size: int = 1000
     overwrite: bool = False
+    chat_template: str = ""  # "": the tokenizer's own (the built-in default if it has none); else a built-in name
 
     def __post_init__(self):
+        if self.chat_template:
+            from mft_core.templates import chat_template
+
+            chat_template(self.chat_template)  # ConfigError naming the known ones
         if self.seq_len < 16:
             raise ConfigError(f"--seq-len {self.seq_len}: must be at least 16")
         if self.num_proc < 1:

@@ -3,8 +3,10 @@
 How the loss mask is found, for any chat template:
 1. render the whole conversation with the tokenizer's template (the text equals ``apply_chat_template``);
 2. for the i-th assistant turn, render the conversation before it with ``add_generation_prompt=True``: its
-   length is where the assistant content starts in the full text; the content ends ``len(content)`` later,
-   and the EOS string right after it is included;
+   length is where the assistant content starts in the full text (for a first turn, which has nothing before
+   it, the content is replaced by a sentinel and found in that rendering, i.e. after the role marker); the
+   content ends ``len(content)`` later, and the EOS string after it is included, with any whitespace the
+   template writes between them (MFTCoder's code form trains ``{content}\n{EOS}``);
 3. tokenize the full text once (exactly as at inference) with offsets, and supervise the tokens that overlap
    those character spans.
 Tokenizing the whole text, not pieces, matters for SentencePiece tokenizers: a piece tokenized alone gets a
@@ -13,6 +15,7 @@ leading "▁" that the model never sees at inference.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +24,10 @@ import numpy as np
 from mft_core.errors import ConfigError, InputError
 from mft_core.templates import DEFAULT_CHAT_TEMPLATE
 
+from .formats import SINGLE_TURN_FORMATS
+
 IGNORE = -100
+_SENTINEL = "\ue000mft-content\ue000"  # private-use characters: in no real content, kept by any template
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,15 @@ class Encoded:
 
 
 def chat_template_of(tokenizer) -> str:
-    """The tokenizer's own template, or MFTCoder's default when it has none."""
+    """The tokenizer's own template, or the built-in default (:data:`mft_core.templates.DEFAULT_TEMPLATE`)."""
     return tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+
+
+def is_single_turn(record: dict[str, Any]) -> bool:
+    """True for a record formatted from a single-turn prompt/answer pair (``meta.format``), which MFTCoder's
+    code renders without the newline after the final EOS (the ``single_turn`` template variable)."""
+    meta = record.get("meta")
+    return isinstance(meta, dict) and meta.get("format") in SINGLE_TURN_FORMATS
 
 
 def _compiled(template: str):
@@ -76,11 +89,22 @@ class ChatEncoder:
         self._compiled = _compiled(self.template)
         self._clean_split: bool | None = None
         self._template_vars = dict(tokenizer.special_tokens_map)
+        self._eos_after = re.compile(r"\s*" + re.escape(self.eos))  # EOS, after whitespace the template writes
 
-    def render(self, conversations: Sequence[list[dict[str, str]]], add_generation_prompt: bool = False) -> list[str]:
-        """Texts exactly as ``tokenizer.apply_chat_template(..., tokenize=False)`` renders them (tested)."""
+    def render(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        add_generation_prompt: bool = False,
+        single_turn: Sequence[bool] | None = None,
+    ) -> list[str]:
+        """Texts exactly as ``tokenizer.apply_chat_template(..., tokenize=False)`` renders them (tested).
+
+        ``single_turn[i]`` is passed to the template as the ``single_turn`` variable (see :func:`is_single_turn`);
+        templates that do not use it ignore it.
+        """
         if not conversations:
             return []
+        flags = list(single_turn) if single_turn is not None else [False] * len(conversations)
         if self._compiled is not None:
             render = self._compiled.render
             return [
@@ -89,28 +113,47 @@ class ChatEncoder:
                     tools=None,
                     documents=None,
                     add_generation_prompt=add_generation_prompt,
+                    single_turn=flag,
                     **self._template_vars,
                 )
-                for c in conversations
+                for c, flag in zip(conversations, flags)
             ]
-        return self.tokenizer.apply_chat_template(
-            list(conversations),
-            chat_template=self.template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        return [
+            self.tokenizer.apply_chat_template(
+                c,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                single_turn=flag,
+            )
+            for c, flag in zip(conversations, flags)
+        ]
+
+    def render_records(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        """The full text of each record (unified schema), as training sees it."""
+        return self.render([r["chat_rounds"] for r in records], single_turn=[is_single_turn(r) for r in records])
 
     def supervised_spans(self, records: Sequence[dict[str, Any]], texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        """Character spans (start, end) of each assistant content plus its EOS, per record."""
-        jobs: list[tuple[int, int]] = []  # (record index, round index) of assistant turns with a prefix
+        """Character spans (start, end) of each assistant content plus its EOS, per record (``texts`` from
+        :meth:`render_records`)."""
+        jobs: list[tuple[int, int]] = []  # (record index, round index) of assistant turns after another turn
         prefixes_in: list[list[dict[str, str]]] = []
+        firsts: list[int] = []  # records whose first turn is the assistant's
+        firsts_in: list[list[dict[str, str]]] = []
         for r, record in enumerate(records):
             rounds = record["chat_rounds"]
             for i, turn in enumerate(rounds):
                 if turn["role"] == "assistant" and i > 0:
                     jobs.append((r, i))
                     prefixes_in.append(rounds[:i])
+                elif turn["role"] == "assistant":
+                    firsts.append(r)
+                    firsts_in.append([{**turn, "content": _SENTINEL}])
         prefix_len = {job: len(text) for job, text in zip(jobs, self.render(prefixes_in, add_generation_prompt=True))}
+        flags = [is_single_turn(records[r]) for r in firsts]
+        for r, text in zip(firsts, self.render(firsts_in, single_turn=flags)):
+            # nothing precedes a first turn but its role marker: start where the content starts, after the marker
+            prefix_len[(r, 0)] = max(text.find(_SENTINEL), 0)
         spans: list[list[tuple[int, int]]] = []
         for r, (record, text) in enumerate(zip(records, texts)):
             cursor, found = 0, []
@@ -130,8 +173,9 @@ class ChatEncoder:
                         fix="the chat template rewrites assistant contents; use a template that keeps them verbatim",
                     )
                 end = pos + len(content)
-                if text.startswith(self.eos, end):
-                    end += len(self.eos)
+                eos = self._eos_after.match(text, end)
+                if eos is not None:
+                    end = eos.end()
                 found.append((pos, end))
                 cursor = end
             spans.append(found)
@@ -147,7 +191,7 @@ class ChatEncoder:
         would teach the model a first step it can never take. Otherwise the whole text is tokenized once.
         A span's tokens are found with ``char_to_token`` at its two ends.
         """
-        texts = self.render([r["chat_rounds"] for r in records])
+        texts = self.render_records(records)
         spans = self.supervised_spans(records, texts)
         if self._splits_cleanly():
             return [self._encode_pieces(text, record_spans) for text, record_spans in zip(texts, spans)]

@@ -28,6 +28,10 @@ PAIR_FIELDS: tuple[tuple[str, str], ...] = (
     ("query", "response"),
 )
 
+# Formats whose rows are single-turn pairs: MFTCoder's code renders these (its prompt/answer path) without the
+# newline after the final EOS that its chat_rounds path writes (see mft_core.templates).
+SINGLE_TURN_FORMATS: tuple[str, ...] = ("alpaca", "prompt-answer")
+
 
 class RowError(ValueError):
     """A row that cannot be converted; ``field`` names the offending field."""
@@ -146,7 +150,10 @@ def detect_format(keys: set[str]) -> str | None:
 
 @dataclass(frozen=True)
 class Remap:
-    """``--map SRC=DST`` field renames applied before detection (e.g. ``solution=answer``)."""
+    """``--map SRC=DST`` field renames applied before detection (e.g. ``solution=answer``).
+
+    Renaming onto a field the row already has is an error unless ``--map-overwrite``: see :meth:`collision`.
+    """
 
     pairs: tuple[tuple[str, str], ...] = ()
 
@@ -160,7 +167,19 @@ class Remap:
             pairs.append((src.strip(), dst.strip()))
         return Remap(tuple(pairs))
 
+    def collision(self, row: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The first ``(SRC, DST)`` whose DST the row already holds when it is applied (it would be replaced)."""
+        keys = set(row)
+        for src, dst in self.pairs:
+            if src in keys:
+                if dst != src and dst in keys:
+                    return src, dst
+                keys.discard(src)
+                keys.add(dst)
+        return None
+
     def apply(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The row with each SRC renamed to DST, in order (an existing DST is replaced: see :meth:`collision`)."""
         if not self.pairs:
             return dict(row)
         out = dict(row)

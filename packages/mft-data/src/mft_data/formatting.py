@@ -36,11 +36,12 @@ class _Rejects:
         self.skip = skip
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, row: Row, field_name: str | None, message: str) -> None:
+    def add(self, row: Row, field_name: str | None, message: str, fix: str | None = None) -> None:
         if not self.skip:
             at = f" (field {field_name})" if field_name else ""
+            fix = fix or row.fix or "fix that line"
             raise InputError(
-                f"{row.where}{at}: {message}", fix="fix that line, or pass --skip-invalid to set such lines aside"
+                f"{row.where}{at}: {message}", fix=f"{fix}, or pass --skip-invalid to set such lines aside"
             )
         self.rows.append(
             {
@@ -72,7 +73,7 @@ def _convert_file(
     progress: Progress | None = None,
 ) -> None:
     fixed_format = None if cfg.source_format == "auto" else cfg.source_format
-    for row in read_rows(path):
+    for row in read_rows(path, allow_extra_cells=cfg.allow_extra_cells):
         if progress:
             progress(os.path.basename(path), 1, None)
         if row.error is not None:
@@ -80,6 +81,16 @@ def _convert_file(
             continue
         if not isinstance(row.data, dict):
             rejects.add(row, None, f"expected a JSON object per line, found {type(row.data).__name__}")
+            continue
+        clash = None if cfg.map_overwrite else remap.collision(row.data)
+        if clash is not None:
+            src, dst = clash
+            rejects.add(
+                row,
+                dst,
+                f"--map {src}={dst} would overwrite the row's own '{dst}' field",
+                fix=f"map onto a field the rows do not have, or pass --map-overwrite to replace '{dst}' with '{src}'",
+            )
             continue
         data = remap.apply(row.data)
         fmt = fixed_format or detect_format(set(data))
@@ -131,6 +142,9 @@ def format_task(cfg: FormatConfig, progress: Progress | None = None) -> FormatRe
         raise ConfigError(str(exc)) from None
     inputs = tuple(InputRef.of(p) for p in cfg.inputs)
     task_config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite")}
+    for key in ("allow_extra_cells", "map_overwrite"):  # off: the fingerprint of folders made before these flags
+        if not task_config[key]:
+            del task_config[key]
     fingerprint = compute_fingerprint("formatted-data", TOOL, __version__, task_config, inputs)
     command = f"format --task {cfg.task}"
     summary, _, resuming = load_summary(folder, command) if folder.is_dir() else ({"tasks": {}}, (), False)

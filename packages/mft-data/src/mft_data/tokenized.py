@@ -24,6 +24,7 @@ from mft_core.config import config_to_dict
 from mft_core.datafolder import FORMAT_COMMAND, has_split, task_file, task_names
 from mft_core.errors import InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest
+from mft_core.templates import chat_template
 
 from . import __version__
 from .config import TokenizeConfig
@@ -59,9 +60,9 @@ class TaskTally:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, chat_template: str | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _WORKER["encoder"] = ChatEncoder(load_tokenizer(tokenizer_path))
+    _WORKER["encoder"] = ChatEncoder(load_tokenizer(tokenizer_path), chat_template)
 
 
 def _encode_chunk(lines: list[str]) -> list[tuple[str, Encoded]]:
@@ -81,11 +82,15 @@ def encode_lines(
     num_proc: int,
     batch_size: int,
     on_progress: Callable[[int], None] | None = None,
+    chat_template: str | None = None,
 ) -> list[tuple[str, Encoded]]:
-    """Encode unified-schema JSONL lines in order; with ``num_proc > 1`` chunks go to forked workers."""
+    """Encode unified-schema JSONL lines in order; with ``num_proc > 1`` chunks go to forked workers.
+
+    ``chat_template`` (Jinja text) replaces the tokenizer's own template; None keeps it.
+    """
     out: list[tuple[str, Encoded]] = []
     if num_proc <= 1:
-        _init_worker(tokenizer_path)
+        _init_worker(tokenizer_path, chat_template)
         results: Iterator = map(_encode_chunk, _chunks(lines, batch_size))
         for encoded in results:
             out.extend(encoded)
@@ -94,7 +99,7 @@ def encode_lines(
     import multiprocessing as mp
 
     with ProcessPoolExecutor(
-        num_proc, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(tokenizer_path,)
+        num_proc, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(tokenizer_path, chat_template)
     ) as pool:
         for encoded in pool.map(_encode_chunk, _chunks(lines, batch_size)):
             out.extend(encoded)
@@ -205,7 +210,8 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
     source = read_manifest(cfg.folder, "formatted-data", made_by=FORMAT_COMMAND)
     tasks = task_names(cfg.folder)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    encoder = ChatEncoder(tokenizer)  # checks EOS and fast tokenizer before any work
+    forced = chat_template(cfg.chat_template) if cfg.chat_template else None  # --chat-template NAME
+    encoder = ChatEncoder(tokenizer, forced)  # checks EOS and fast tokenizer before any work
     config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite", "num_proc", "batch_size")}
     config["chat_template"] = encoder.template
     inputs = (InputRef(str(Path(cfg.folder).resolve()), source.kind, source.id), tokenizer_ref(cfg.tokenizer))
@@ -228,7 +234,7 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
             if not lines and split == "valid":
                 continue  # `split --valid-ratio 0`: no valid split, as if the folder had not been split
             report = progress and (lambda n, s=split, total=len(lines): progress(s, n, total))
-            encoded = encode_lines(lines, cfg.tokenizer, cfg.num_proc, cfg.batch_size, report)
+            encoded = encode_lines(lines, cfg.tokenizer, cfg.num_proc, cfg.batch_size, report, forced)
             for (rid, enc), task_id in zip(encoded, line_tasks):
                 tally = tallies[tasks[task_id]]
                 fitted = fit_to_length(enc, cfg.seq_len, cfg.overlong, rid, tasks[task_id], tally)

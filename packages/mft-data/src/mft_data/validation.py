@@ -15,7 +15,7 @@ from mft_core.manifest import read_manifest
 from mft_core.schema import conversation_problems, validate_record
 
 from .config import ValidateConfig
-from .encode import ChatEncoder
+from .encode import ChatEncoder, is_single_turn
 from .folder import Progress
 
 _WS = re.compile(r"\s+")
@@ -68,7 +68,7 @@ def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> Va
     encoder, max_tokens = None, cfg.max_tokens
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
-        # the text as training renders it (the tokenizer's template, else MFTCoder's default)
+        # the text as training renders it (the tokenizer's template, else the built-in default)
         encoder = ChatEncoder(tokenizer)
         if max_tokens is None and 0 < (tokenizer.model_max_length or 0) < 10**7:
             max_tokens = tokenizer.model_max_length  # without --max-tokens, the tokenizer's own limit
@@ -103,7 +103,8 @@ def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> Va
             if chars > cfg.max_chars:
                 tr.add(f"over {cfg.max_chars} chars", f"{where} has {chars} chars")
             if encoder is not None and max_tokens:
-                n = len(encoder.tokenizer(encoder.render([rounds])[0], add_special_tokens=False)["input_ids"])
+                text = encoder.render([rounds], single_turn=[is_single_turn(record)])[0]
+                n = len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
                 if n > max_tokens:
                     tr.add(f"over {max_tokens} tokens", f"{where} has {n} tokens")
     return report
