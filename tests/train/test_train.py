@@ -1,6 +1,7 @@
 """Real training runs on the tiny model: losses fall, outputs load with plain transformers/peft, errors are clear."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -52,14 +53,16 @@ def test_full_fine_tuning_saves_a_complete_model(llama_base, llama_tok, tmp_path
     assert AutoTokenizer.from_pretrained(out / "model").chat_template
 
 
-def test_qlora_on_cpu(llama_base, llama_tok, tmp_path):
+def test_qlora_on_cpu_learns(llama_base, llama_tok, tmp_path):
     out = tmp_path / "qlora"
-    train(train_config(llama_base, llama_tok, out, peft="qlora", max_steps=4, eval_every=0, lr=1e-2))
+    train(train_config(llama_base, llama_tok, out, peft="qlora", max_steps=8, eval_every=0, lr=1e-2))
     adapter = out / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.glob("model*.safetensors"))  # never a re-saved 4-bit base
-    losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
-    assert all(l == l and l < 20 for l in losses)
+    losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]  # one per step
+    assert len(losses) == 8 and all(math.isfinite(l) for l in losses)
+    # the adapter on the 4-bit base learns: about 8.2 -> 7.4 nats over 8 steps (a frozen adapter stays at ~8.2)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.4
 
 
 def test_early_stopping_keeps_best(llama_base, llama_tok, tmp_path):

@@ -149,12 +149,22 @@ class _Reporter:
         return stop
 
 
+def _row_tasks(rows, i: int) -> set[int]:
+    """The tasks with supervised targets in row ``i`` (targets are the labels shifted by one)."""
+    from .loss import IGNORE
+
+    supervised = rows.get("labels", i)[1:] != IGNORE
+    return set(rows.get("task_ids", i)[1:][supervised].tolist())
+
+
 class _Balancer:
-    """Convergence balancing (loss_mode coba | selfpaced): samples valid batches every ``coba_update_interval``
-    steps and sets the task weights of the next steps from the loss slopes (see :mod:`balance`)."""
+    """Convergence balancing (loss_mode coba | selfpaced): every ``coba_update_interval`` steps measures the
+    per-task valid loss on one fixed set of valid rows (``coba_sample_valid_num`` micro-batches, chosen once with
+    the seed; the same rows gave ``L(0)``) and sets the task weights of the next steps from the loss slopes (see
+    :mod:`balance`)."""
 
     def __init__(self, cfg: TrainConfig, parts: LoopParts, model, valid, state: TrainState, log: MetricsLog):
-        from .balance import BalanceState
+        from .balance import BalanceState, fixed_valid_rows
 
         if valid is None:
             raise ConfigError(
@@ -165,8 +175,13 @@ class _Balancer:
         self.state = BalanceState(**state.balance) if state.balance else BalanceState()
         if self.state.weights:
             parts.task_weights = torch.tensor(self.state.weights, dtype=torch.float64)
+        if self.state.valid_rows is None:
+            size = min(cfg.micro_batch_size * cfg.coba_sample_valid_num, len(valid))  # shared by the ranks
+            self.state.valid_rows = fixed_valid_rows(
+                len(valid), size, cfg.seed, lambda i: _row_tasks(valid, i), len(parts.tasks)
+            )
         if self.state.initial is None:
-            initial = self._losses(None)
+            initial = self._losses(self.state.valid_rows)
             missing = [t for t, v in zip(parts.tasks, initial) if v != v]
             if missing:
                 raise ConfigError(
@@ -193,12 +208,8 @@ class _Balancer:
 
         if state.step % self.cfg.coba_update_interval:
             return
-        n = (
-            self.cfg.micro_batch_size * self.cfg.coba_sample_valid_num
-        )  # shared by the ranks: the same rows as one process
-        sample = len(self.state.losses)
-        indices = [(sample * n + j) % len(self.valid) for j in range(min(n, len(self.valid)))]  # cyclic, no RNG
-        self.state.losses.append(self._losses(indices))
+        # the rows of L(0) again: a ratio L(t) / L(0) moves only when the model does
+        self.state.losses.append(self._losses(self.state.valid_rows))
         weights = update_weights(
             self.state,
             self.cfg.loss_mode,

@@ -1,6 +1,9 @@
 """Convergence balancing: task weights from how fast each task's validation loss falls. Pure functions.
 
-Two schemes, both fed by per-task validation losses sampled every ``update_interval`` optimizer steps:
+Two schemes, both fed by per-task validation losses measured every ``update_interval`` optimizer steps on one
+fixed set of valid rows (:func:`fixed_valid_rows`, chosen once with the run's seed): ``L_i(0)`` and every later
+sample come from the same records, so the ratios and slopes compare like with like (a ratio moves only when the
+model does, not because another subset was drawn).
 
 ``coba`` (CoBa, Gong et al., EMNLP 2024). With ``L̃_i(t) = L_i(t) / L_i(0)`` the validation loss of task i
 normalised by its initial value and ``α_i(t)`` the least-squares slope of ``L̃_i`` over the last
@@ -28,6 +31,7 @@ Where MFTCoder's implementation (utils/loss_utils.py, CoBaStatus) departs from t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,10 +99,34 @@ def selfpaced_step(alphas: np.ndarray, scale: float) -> np.ndarray:
     return softmax(scale * softmax(s) * (-s))
 
 
+def fixed_valid_rows(n_rows: int, size: int, seed: int, tasks_of: Callable[[int], set[int]], n_tasks: int) -> list[int]:
+    """The valid rows every balancing sample is measured on, chosen once (sorted).
+
+    The first ``size`` rows of a permutation drawn with ``seed`` (numpy's own generator: the global RNG streams the
+    training relies on are left alone), plus, while some task is in none of them, the next rows of the
+    permutation that bring a missing task (``tasks_of(i)``: the tasks with supervised targets in row i), so each
+    task with valid records is measured.
+    """
+    order = np.random.default_rng(seed).permutation(n_rows).tolist()
+    chosen = order[:size]
+    covered: set[int] = set()
+    for i in chosen:
+        covered |= tasks_of(i)
+    for i in order[size:]:
+        if len(covered) >= n_tasks:
+            break
+        new = tasks_of(i) - covered
+        if new:
+            chosen.append(i)
+            covered |= new
+    return sorted(chosen)
+
+
 @dataclass
 class BalanceState:
     """Everything the weights depend on; saved in checkpoints so a resumed run continues identically."""
 
+    valid_rows: list[int] | None = None  # the fixed valid rows of L_i(0) and of every sample (fixed_valid_rows)
     initial: list[float] | None = None  # L_i(0), for CoBa's normalisation
     losses: list[list[float]] = field(default_factory=list)  # per sample: [K] validation losses
     task_slopes: list[list[float]] = field(default_factory=list)  # per update after warm-up: [K] slopes

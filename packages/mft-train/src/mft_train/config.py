@@ -59,7 +59,7 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=dict)
     # convergence balancing (loss_mode coba | selfpaced): task weights from validation-loss slopes
     coba_update_interval: int = 1  # optimizer steps between weight updates
-    coba_sample_valid_num: int = 1  # valid micro-batches sampled per update
+    coba_sample_valid_num: int = 1  # valid micro-batches in the fixed set L(0) and every update are measured on
     coba_warmup_steps: int = 100  # updates with equal weights before the first fit
     coba_history_length: int = 200  # updates in the slope window
     coba_tau: float = 5.0  # divergence-factor temperature
