@@ -45,7 +45,12 @@ def write_report(run: Path, timings: dict[str, float], model: str | None = None)
     lines.append(f"| fine-tuned, merged | {merged_demo} | {he} ({n_he} problems) |")
     quant_demo, _ = _pass1(run, "eval-demo-quant")
     lines.append(f"| fine-tuned, merged, GPTQ 4-bit | {quant_demo} | |")
+    sandbox = _json(run / "eval-demo-merged" / "summary.json")
     lines += [
+        "",
+        f"Sandbox isolation: {sandbox.get('isolation', 'n/a')}; verdicts "
+        + ", ".join(f"{k}: {v}" for k, v in sandbox.get("verdict_counts", {}).items())
+        + " (external: the test ran in a trusted judge, calls crossed as plain data).",
         "",
         f"Held-out demo problems: {n_demo}, from the code-generation family with function names and constants",
         "never seen in training.",
@@ -89,12 +94,31 @@ def write_report(run: Path, timings: dict[str, float], model: str | None = None)
         "",
         "## Quantization (GPTQ 4-bit, calibrated on the demo chat data)",
         "",
-        "| task | ppl fp | ppl 4-bit | change |",
-        "|---|---|---|---|",
+        "Held-out answer tokens (assistant + EOS), teacher-forced; all-token perplexity includes the prompts.",
+        "",
+        "| task | answer NLL fp | 4-bit | Δ nats | top-1 agreement | ppl fp (all tokens) | 4-bit | change |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for task, row in q.get("perplexity", {}).items():
-        lines.append(f"| {task} | {row['fp']:.3f} | {row['quantized']:.3f} | {row['increase']:+.2%} |")
-    lines += ["", f"Gate: increase ≤ {q.get('max_increase')} → passed: **{q.get('passed')}**."]
+
+    def num(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    for task, ppl in q.get("perplexity", {}).items():
+        a = q.get("answer_nll", {}).get(task, {})
+        lines.append(
+            f"| {task} | {num(a.get('fp'), '.3f')} | {num(a.get('quantized'), '.3f')} | "
+            f"{num(a.get('increase'), '+.3f')} | {num(q.get('agreement', {}).get(task), '.1%')} | "
+            f"{num(ppl['fp'], '.3f')} | {num(ppl['quantized'], '.3f')} | {num(ppl['increase'], '+.2%')} |"
+        )
+    gate = q.get("gate", {})
+    lines += [
+        "",
+        f"Gate: answer NLL Δ ≤ {gate.get('max_nll_increase')} nats, top-1 agreement ≥ {gate.get('min_agreement')}"
+        + (f", ppl increase ≤ {gate['max_ppl_increase']}" if gate.get("max_ppl_increase") is not None else "")
+        + f" → passed: **{q.get('passed')}**"
+        + (f" ({'; '.join(q['failures'])})" if q.get("failures") else "")
+        + ".",
+    ]
     lines += [
         "",
         "## Stages",

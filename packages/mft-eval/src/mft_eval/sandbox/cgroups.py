@@ -153,19 +153,24 @@ class Cgroups:
         self.version = "v2"
 
     def cleanup(self) -> None:
-        for d in reversed(self.dirs):
-            for _ in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)  # the last processes of the slot are still being torn down
+        remove_dirs(self.dirs)
         self.dirs = []
 
 
-def pid_alive(pid: int) -> bool:
+def remove_dirs(dirs: list[str]) -> None:
+    """Remove cgroup folders, children first, waiting briefly for their last processes to be torn down."""
+    for d in reversed(dirs):
+        for _ in range(50):
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:  # as mft_core.manifest's: the server imports nothing outside the stdlib
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

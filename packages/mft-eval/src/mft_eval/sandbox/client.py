@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from mft_core.errors import ConfigError, MFTError
 
+from .cgroups import remove_dirs
 from .linux import set_pipe_size
 from .protocol import FRAME_HEADER, JobHeader, JudgeSpec, Limits, ServerConfig, write_frame
 
@@ -355,15 +356,7 @@ class Sandbox:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
-        for d in reversed(self._cgroup_dirs):  # the server cannot see /sys once it has its own root
-            for _ in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        remove_dirs(self._cgroup_dirs)  # the server cannot see /sys once it has its own root
         self._cgroup_dirs = []
 
     def _stderr_tail(self) -> str:

@@ -127,20 +127,3 @@ class ServerConfig:
         raw["limits"] = Limits(**raw["limits"])
         raw["slots"] = [tuple(s) for s in raw["slots"]]
         return cls(**raw)
-
-
-@dataclass
-class Outcome:
-    """How one program ended, as the slot reports it."""
-
-    id: int
-    status: str
-    verdict: str = "external"
-    exc_type: str | None = None
-    message: str | None = None
-    output: str | None = None
-    signal: str | None = None
-    wall_s: float | None = None
-    cpu_s: float | None = None
-    judge_cpu_s: float | None = None
-    needs_in_process: bool = False

@@ -318,6 +318,8 @@ class Slot:
                 os.close(pidfd)
         for fd, name in readers.items():
             _drain(fd, seen, name, self.cfg.limits.output_bytes)
+        if judge_cpu0 is not None and "judge" not in seen["cpu"] and self.judge_pid is not None:
+            seen["cpu"]["judge"] = max(0.0, (_cpu_seconds(self.judge_pid) or judge_cpu0) - judge_cpu0)  # the record
         return seen
 
     # -- inside the forked processes -------------------------------------------------------------------------------
