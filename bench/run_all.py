@@ -44,6 +44,14 @@ def headline(name: str, r: dict) -> tuple[str, str, str]:
             + f"); max diff vs PEFT {r['max_abs_diff_vs_peft']}",
         )
     if name == "quant_quality":
+        if "answer_nll_increase" in r:
+            nll, agree = r["answer_nll_increase"], r["top1_agreement"]
+            return (
+                "held-out answer-token NLL increase and top-1 agreement after GPTQ 4-bit",
+                r["peer"],
+                f"own chat data {nll['chat']['overall']:+.4f} nats, {agree['chat']['overall']:.1%} agreement vs "
+                f"generic {nll['generic']['overall']:+.4f} nats, {agree['generic']['overall']:.1%}",
+            )
         inc = r["relative_increase"]
         return (
             "held-out ppl increase after GPTQ 4-bit",

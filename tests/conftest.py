@@ -43,4 +43,4 @@ def qwen2_base(make_base) -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "humaneval-real"
+FIXTURES = REPO / "tests" / "fixtures" / "humaneval-real"

@@ -77,7 +77,7 @@ def train_config(base, data, out, **kw):
     defaults = dict(
         model=str(base),
         data=str(data),
-        output_dir=str(out),
+        out=str(out),
         lr=3e-3,
         max_steps=12,
         micro_batch_size=2,

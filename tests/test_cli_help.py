@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 TOOLS = ["mft-data", "mft-train", "mft-merge", "mft-quant", "mft-eval"]
 
 

@@ -7,7 +7,7 @@ inputs changed be redone; training refuses a changed run, use --fresh then):
  2. demo data (three tasks, three formats) -> mft-data format, validate --strict, decontaminate, split, tokenize;
  3. mft-train run: LoRA, task-balanced loss;
  4. mft-merge (verified);
- 5. mft-quant gptq calibrated on the demo data, with the perplexity gate;
+ 5. mft-quant gptq calibrated on the demo data, with its answer-token gate (NLL, top-1 agreement);
  6. mft-eval on the held-out demo problems (base, merged, quantized) and on HumanEval (merged);
  7. report.md with per-task losses, merge check, quantization change and the pass@1 table.
 `--quick` shrinks every stage (used by tests/e2e); numbers then mean little.
@@ -200,8 +200,10 @@ class Pipeline:
             str(self.s["calib_samples"]),
             "--calib-seq-len",
             "512",
-            "--max-ppl-increase",
+            "--max-nll-increase",
             "0.05",
+            "--min-agreement",
+            "0.9",
             "--overwrite",
         )
 

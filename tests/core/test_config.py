@@ -5,6 +5,8 @@ import pytest
 from mft_core.config import build_config
 from mft_core.errors import ConfigError
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 @dataclass(frozen=True)
 class Cfg:

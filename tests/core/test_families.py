@@ -5,6 +5,8 @@ import torch
 from mft_core.errors import ConfigError
 from mft_core.families import FAMILIES, PRESETS, get_family
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_family_row_builds_and_trains(model_type):

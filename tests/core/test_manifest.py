@@ -16,6 +16,8 @@ from mft_core.manifest import (
     read_manifest,
 )
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def test_manifest_round_trip_and_fingerprint(tmp_path):
     src = tmp_path / "in.txt"

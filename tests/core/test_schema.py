@@ -1,6 +1,9 @@
 import json
 
+import pytest
 from mft_core.schema import conversation_problems, normalize_record, record_schema, validate_record, validate_records
+
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
 
 
 def good(**kw):

@@ -10,6 +10,8 @@ from mft_core.templates import (
     chat_template,
 )
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def render(template, messages, gen=False, eos="</s>", **extra):
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

@@ -1,9 +1,12 @@
 """The CLI error path every tool shares: exit code, message and fix, never wrapped mid-path."""
 
+import pytest
 import typer
 from mft_core.errors import InputError
 from mft_core.ui import cli_errors
 from typer.testing import CliRunner
+
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
 
 
 def test_errors_exit_with_their_code_and_are_never_wrapped():

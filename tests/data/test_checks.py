@@ -7,6 +7,8 @@ from mft_data.api import DecontamConfig, SplitConfig, ValidateConfig, decontamin
 from mft_data.cli import app
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def make(tmp_path, rows, task="t"):
     from mft_data.api import FormatConfig, format_task

@@ -11,6 +11,8 @@ from mft_data.api import FormatConfig, format_task
 from mft_data.cli import app
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 SAMPLES = {
     "mftcoder": {
         "chat_rounds": [

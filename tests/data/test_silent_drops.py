@@ -15,6 +15,8 @@ from mft_data.cli import app
 from mft_data.text_data import DEFAULT_SKIP_DIRS
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def run(tmp_path, files, **kw):
     return format_task(FormatConfig(inputs=tuple(map(str, files)), task="t", out=str(tmp_path / "out"), **kw))

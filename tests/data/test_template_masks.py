@@ -7,6 +7,8 @@ from mft_core.templates import CHAT_TEMPLATES
 from mft_data.api import ChatEncoder, TokenizeConfig, decode_supervised, tokenize_folder
 from mft_data.encode import IGNORE
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def tokenizer(path):
     from transformers import AutoTokenizer

@@ -8,6 +8,8 @@ from mft_core.manifest import read_manifest
 from mft_data.api import ChatEncoder, TokenizeConfig, decode_supervised, load_tokenized, tokenize_folder
 from mft_data.encode import IGNORE, is_single_turn
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def tokenizer(path):
     from transformers import AutoTokenizer

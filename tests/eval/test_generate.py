@@ -4,9 +4,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from mft_core.artifacts import load_tokenizer
 from mft_core.errors import ConfigError
 from mft_eval.config import HumanEvalConfig
-from mft_eval.generate import build_prompts, clean_completion, generate_hf, load_tokenizer
+from mft_eval.generate import build_prompts, clean_completion, generate_hf
+
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
 
 
 def _cfg(base, **kw):
@@ -58,11 +61,11 @@ def test_a_quantization_that_failed_its_gate_is_flagged(tmp_path, capsys):
     from mft_core.manifest import new_manifest, write_manifest
     from mft_eval.api import _warn_if_gate_failed
 
-    quality = {"passed": False, "overall_increase": 0.12, "max_increase": 0.05}
+    quality = {"passed": False, "failures": ["answer NLL +0.120 nats > 0.05"]}
     write_manifest(tmp_path, new_manifest("quantized-model", "mft-quant", "0", {}, (), {"quality": quality}))
     _warn_if_gate_failed(tmp_path)
     said = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
-    assert "failed mft-quant's quality gate (perplexity +12.0% > 5.0%)" in said
+    assert "failed mft-quant's quality gate (answer NLL +0.120 nats > 0.05)" in said
     quality["passed"] = True
     write_manifest(tmp_path, new_manifest("quantized-model", "mft-quant", "0", {}, (), {"quality": quality}))
     _warn_if_gate_failed(tmp_path)

@@ -16,7 +16,10 @@ import pytest
 from mft_eval.sandbox import Job, JudgeSpec, Sandbox
 
 PROMPT = 'def double(x):\n    """Return 2 * x."""\n'
-TEST = "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 10\n    assert candidate(-3) == -6\n"
+TEST = (
+    "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 10\n"
+    "    assert candidate(-3) == -6\n"
+)
 SPEC = JudgeSpec(PROMPT, TEST, "double")
 SECRET = f"s3cret-{uuid.uuid4().hex[:8]}"
 
@@ -53,10 +56,16 @@ FORGERIES = {
         "class Yes:\n    def __eq__(self, o): return True\n    def __ne__(self, o): return False\n"
         "    def __bool__(self): return True\n    def __hash__(self): return 0\nreturn Yes()"
     ),
-    "int_subclass": body("class I(int):\n    def __eq__(self, o): return True\n    __hash__ = int.__hash__\nreturn I(0)"),
-    "str_subclass": body("class S(str):\n    def __eq__(self, o): return True\n    __hash__ = str.__hash__\nreturn S('')"),
+    "int_subclass": body(
+        "class I(int):\n    def __eq__(self, o): return True\n    __hash__ = int.__hash__\nreturn I(0)"
+    ),
+    "str_subclass": body(
+        "class S(str):\n    def __eq__(self, o): return True\n    __hash__ = str.__hash__\nreturn S('')"
+    ),
     "list_subclass": body("class L(list):\n    def __eq__(self, o): return True\nreturn L()"),
-    "float_nan_like": body("class F(float):\n    def __eq__(self, o): return True\n    __hash__ = float.__hash__\nreturn F(0)"),
+    "float_nan_like": body(
+        "class F(float):\n    def __eq__(self, o): return True\n    __hash__ = float.__hash__\nreturn F(0)"
+    ),
     "numpy_array": body("import numpy as np\nreturn np.array([2 * x, 0])"),
     "sys_exit_zero": body("import sys\nsys.exit(0)"),
     "os_exit_zero": body("import os\nos._exit(0)"),
@@ -70,7 +79,8 @@ FORGERIES = {
     ),
     "patch_judge_module": body(
         "import sys\nfor m in list(sys.modules.values()):\n    for n in ('judge', 'write_frame', 'check'):\n"
-        "        try:\n            setattr(m, n, lambda *a, **k: None)\n        except Exception:\n            pass\nreturn 0"
+        "        try:\n            setattr(m, n, lambda *a, **k: None)\n"
+        "        except Exception:\n            pass\nreturn 0"
     ),
     "huge_reply": body("return 'x' * (200 * 1024 * 1024)"),
     "deep_reply": body("v = []\nfor _ in range(100000):\n    v = [v]\nreturn v"),
@@ -104,7 +114,8 @@ def hostile(tmp_path_factory):
         "samples_and_outputs": probe(f"os.path.exists({str(samples)!r}) or os.path.exists({str(out_dir)!r})",
                                      "import os"),  # fmt: skip
         "site_packages": probe("any(set(os.listdir(d)) - {'numpy', 'numpy.libs'} "
-                               "for d, _s, _f in os.walk('/') if d.endswith('site-packages'))", "import os"),  # fmt: skip
+                               "for d, _s, _f in os.walk('/') if d.endswith('site-packages'))",
+                               "import os"),  # fmt: skip
         "evaluator_visible": probe(f"os.path.exists('/proc/{me}/cmdline')", "import os"),
         "other_processes": probe("len([p for p in os.listdir('/proc') if p.isdigit()]) > 1", "import os"),
         "environ_secret": probe(
@@ -120,7 +131,8 @@ def hostile(tmp_path_factory):
         "remount_rw": probe("ctypes.CDLL(None).mount(None, b'/', None, 32 | 4096, None) == 0", "import ctypes"),
         "write_stdlib": probe("w()", "import os\ndef w():\n    try:\n        open(os.__file__ + '.x', 'w')\n"
                               "        return True\n    except OSError:\n        return False"),  # fmt: skip
-        "network": probe("c()", "import socket\ndef c():\n    try:\n        socket.create_connection(('127.0.0.1', 22), 1)"
+        "network": probe("c()", "import socket\ndef c():\n    try:\n"
+                         "        socket.create_connection(('127.0.0.1', 22), 1)"
                          "\n        return True\n    except OSError:\n        return False"),  # fmt: skip
         "ptrace_judge": probe("m()", "import os\ndef m():\n    for p in os.listdir('/proc'):\n        if p.isdigit():\n"
                               "            try:\n                open(f'/proc/{p}/mem', 'rb').read(1)\n"
@@ -203,7 +215,8 @@ def test_plain_data_crosses_exactly():
         "def check(candidate):\n"
         "    v = candidate((1, 2))\n    assert type(v) is tuple and v == (1, 2)\n"
         "    assert type(candidate(1.0)) is float and candidate(10**40) == 10**40\n"
-        "    assert candidate({frozenset({1}): [None, True, 'é\\ud800']}) == {frozenset({1}): [None, True, 'é\\ud800']}\n"
+        "    assert candidate({frozenset({1}): [None, True, 'é\\ud800']})"
+        " == {frozenset({1}): [None, True, 'é\\ud800']}\n"
         "    xs = [3, 1, 2]\n    candidate(xs)\n    assert xs == [1, 2, 3], xs\n"
         "    import math\n    assert math.isnan(candidate(float('nan')))\n"
     )

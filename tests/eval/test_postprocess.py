@@ -12,6 +12,8 @@ from mft_eval.postprocess import (
     truncate_at_stop,
 )
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 PROBLEM = {
     "task_id": "T/0",
     "prompt": 'def add(a, b):\n    """Add."""\n',

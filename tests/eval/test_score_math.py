@@ -7,6 +7,8 @@ from math import comb
 import pytest
 from mft_eval.score import pass_at_k, per_task_counts, summarize
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def brute_force(n: int, c: int, k: int) -> Fraction:
     """Share of all k-subsets of n samples (c of them correct) that hold at least one correct sample."""

@@ -21,6 +21,7 @@ def sm(xs):
     return [v / sum(e) for v in e]
 
 
+@pytest.mark.fast  # pure function: in `make test-fast`; the two training tests here are not
 def test_slope_is_least_squares():
     assert slope([3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     assert slope([1.0, 1.0]) == 0.0 and slope([5.0]) == 0.0
@@ -28,6 +29,7 @@ def test_slope_is_least_squares():
     assert slope(ys) == pytest.approx(np.polyfit(range(5), ys, 1)[0])
 
 
+@pytest.mark.fast
 def test_equal_slopes_give_equal_weights():
     hist = np.array([[-1.0, -1.0], [-1.0, -1.0], [-1.0, -1.0]])  # 3 tasks, 2 updates
     w, scores = coba_step(np.array([-1.0, -1.0, -1.0]), hist, np.array([-1.0, -1.0]), tau=5)
@@ -35,6 +37,7 @@ def test_equal_slopes_give_equal_weights():
     assert scores["rcs"] == pytest.approx([1 / 3] * 3) and scores["acs"] == pytest.approx([1 / 3] * 3)
 
 
+@pytest.mark.fast
 def test_diverging_task_loses_weight():
     # task 0 keeps converging; task 1 converged then started to diverge; the largest slope turned positive
     alphas = np.array([-1.0, 0.5])
@@ -50,6 +53,7 @@ def test_diverging_task_loses_weight():
     assert w[1] < w[0]
 
 
+@pytest.mark.fast
 def test_slower_task_gains_weight_while_all_converge():
     # both converging, task 1 more slowly: the DF is 1 at the first update, so RCS decides
     w, scores = coba_step(np.array([-1.0, -0.2]), np.array([[-1.0], [-0.2]]), np.array([-0.2]), tau=5)
@@ -58,6 +62,7 @@ def test_slower_task_gains_weight_while_all_converge():
     assert w[1] > w[0]
 
 
+@pytest.mark.fast
 def test_floor_holds():
     w = floor_weights(np.array([0.97, 0.02, 0.01]), 1 / 30)
     assert w.sum() == pytest.approx(1.0) and w.min() >= 1 / 30 - 1e-12
@@ -67,6 +72,7 @@ def test_floor_holds():
     assert w.min() >= 1 / 30 - 1e-12
 
 
+@pytest.mark.fast
 def test_selfpaced_by_hand():
     alphas = np.array([-0.3, -0.1])
     s = [2 * -0.3 / 0.4, 2 * -0.1 / 0.4]
@@ -75,6 +81,7 @@ def test_selfpaced_by_hand():
     assert selfpaced_step(np.zeros(3), 50) == pytest.approx([1 / 3] * 3)
 
 
+@pytest.mark.fast
 def test_update_weights_warmup_normalisation_and_missing_values():
     state = BalanceState(initial=[2.0, 4.0])
     for losses in ([2.0, 4.0], [1.8, 4.0], [1.6, float("nan")]):
@@ -100,7 +107,7 @@ def test_coba_training_logs_weights_and_resumes_exactly(llama_base, llama_tok, t
     from safetensors.torch import load_file
 
     kw = dict(
-        loss_mode="coba",
+        task_weighting="coba",
         max_steps=10,
         save_every=4,
         eval_every=0,
@@ -119,7 +126,8 @@ def test_coba_training_logs_weights_and_resumes_exactly(llama_base, llama_tok, t
     assert weights[0] == pytest.approx({t: 1 / 3 for t in weights[0]})  # warm-up: equal
     assert weights[-1] != pytest.approx(weights[0])  # then they move
     assert min(min(w.values()) for w in weights) >= 1 / 30 - 1e-9
-    assert result.summary["loss_mode"] == "coba"
+    assert result.summary["loss"] == "task" and result.summary["task_weighting"] == "coba"
+    assert result.summary["loss_mode"] == "coba"  # the old single word, still written for older readers
     assert (straight / "loss_per_task.png").stat().st_size > 5000
     state = json.loads((straight / "checkpoint-8" / "state.json").read_text())["state"]["balance"]
     assert len(state["losses"]) == 8 and len(state["task_slopes"]) == 8 - 3 + 1
@@ -201,6 +209,7 @@ RATIOS = [
 INITIAL = [2.0, 4.0, 1.0]  # L_i(0): the losses fed in are RATIOS * INITIAL
 
 
+@pytest.mark.fast
 def test_coba_matches_the_papers_definitions_on_a_fixed_history():
     losses = [[r * l0 for r, l0 in zip(row, INITIAL)] for row in RATIOS]
     state = BalanceState(initial=list(INITIAL))
@@ -245,6 +254,7 @@ def test_coba_matches_the_papers_definitions_on_a_fixed_history():
     assert got[2][0][1] == max(got[2][0])
 
 
+@pytest.mark.fast
 def test_fixed_valid_rows_are_seeded_and_cover_every_task():
     tasks = [{0}] * 8 + [{1}] + [{0, 2}]  # tasks 1 and 2 are in one row each
     rows = fixed_valid_rows(10, 3, 7, lambda i: tasks[i], 3)
@@ -263,24 +273,35 @@ def test_coba_measures_the_rows_of_its_initial_loss_every_time(llama_base, llama
     from types import SimpleNamespace
 
     from helpers import train_config
-    from mft_train.api import _Balancer, _row_tasks
+    from mft_train.balancer import Balancer, BalanceSettings, row_tasks
     from mft_train.checkpoint import TrainState
     from mft_train.data import load_data
+    from mft_train.evaluation import ValidSet
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data = load_data(llama_tok, llama_base, 96)
-    kw = dict(loss_mode="coba", micro_batch_size=2, coba_warmup_steps=2, coba_history_length=3)
+    kw = dict(task_weighting="coba", micro_batch_size=2, coba_warmup_steps=2, coba_history_length=3)
     cfg = train_config(llama_base, llama_tok, tmp_path, **kw)
     assert len(data.valid) > cfg.micro_batch_size * cfg.coba_sample_valid_num  # so a subset is drawn
     model = AutoModelForCausalLM.from_pretrained(llama_base)
     pad_id = AutoTokenizer.from_pretrained(llama_base).pad_token_id
-    parts = SimpleNamespace(tasks=data.tasks, pad_id=pad_id, task_weights=None)
+    parts = SimpleNamespace(task_weights=None)
+    valid = ValidSet(
+        rows=data.valid, tasks=data.tasks, micro_batch_size=cfg.micro_batch_size, pad_id=pad_id, bf16=False
+    )
     logged = []
     state = TrainState()
-    balancer = _Balancer(cfg, parts, model, data.valid, state, SimpleNamespace(log=logged.append))
+    balancer = Balancer(
+        settings=BalanceSettings.of(cfg),
+        valid=valid,
+        model=model,
+        parts=parts,
+        state=state,
+        log=SimpleNamespace(log=logged.append),
+    )
     rows = balancer.state.valid_rows
     assert state.balance["valid_rows"] == rows  # saved with the checkpoints
-    assert set().union(*(_row_tasks(data.valid, i) for i in rows)) == set(range(len(data.tasks)))
+    assert set().union(*(row_tasks(data.valid, i) for i in rows)) == set(range(len(data.tasks)))
     for step in range(1, 6):
         state.step = step
         balancer.after_step(state)

@@ -59,7 +59,7 @@ def write_config(path, base, data, **kw):
             eval_every=0,
             lr=1e-3,
             warmup_steps=0,
-            loss_mode="task",
+            loss="task",
             micro_batch_size=2,
             **kw,
         )
@@ -71,7 +71,7 @@ def write_config(path, base, data, **kw):
 def run_single(config, out, *sets):
     """One process x 4 micro-batches: the reference for `launch_cmd`'s 2 x 2."""
     proc = subprocess.run(
-        [EXE, "run", str(config)] + [a for s in (f"output_dir={out}", "grad_accum=4", *sets) for a in ("--set", s)],
+        [EXE, "run", str(config)] + [a for s in (f"out={out}", "grad_accum=4", *sets) for a in ("--set", s)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -82,7 +82,7 @@ def run_single(config, out, *sets):
 def launch_cmd(config, out, strategy, *sets) -> list[str]:
     """`mft-train launch` on 2 processes x 2 micro-batches (the single-process reference runs 1 x 4)."""
     cmd = [EXE, "launch", str(config), "--nproc", "2", "--strategy", strategy, "--master-port", str(free_port())]
-    return cmd + [a for s in (f"output_dir={out}", "grad_accum=2", *sets) for a in ("--set", s)]
+    return cmd + [a for s in (f"out={out}", "grad_accum=2", *sets) for a in ("--set", s)]
 
 
 def run_launch(config, out, strategy, *sets, check=True, **popen):
@@ -206,7 +206,7 @@ def test_accelerate_cpu_fallback_is_refused_for_real(reference, tmp_path):
             "mft_train.worker",
             str(config),
             "--set",
-            f"output_dir={tmp_path / 'acc'}",
+            f"out={tmp_path / 'acc'}",
         ],
         capture_output=True,
         text=True,
@@ -244,6 +244,8 @@ def test_dry_run_prints_torchrun_and_accelerate_lines(tmp_path):
     assert proc.returncode == 0
     assert "torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1" in proc.stdout
     assert "MFT_STRATEGY=zero3" in proc.stdout and "accelerate launch --use_deepspeed --zero_stage 3" in proc.stdout
+    # the workers get the strategy in their config, in both lines
+    assert proc.stdout.count("--set strategy=zero3 --set offload=params") == 2
     bad = subprocess.run(
         [EXE, "launch", "cfg.yaml", "--strategy", "zero2", "--offload", "params", "--dry-run"],
         capture_output=True,
@@ -259,7 +261,7 @@ def test_coba_weights_are_the_same_on_every_rank_and_as_one_process(llama_base, 
 
     data = tokenized_folder(tmp_path / "data", llama_base, seq_len=96, split=0.3)
     config = write_config(tmp_path / "cfg.yaml", llama_base, data)
-    sets = ("loss_mode=coba", "coba_warmup_steps=2", "coba_history_length=3", "max_steps=5")
+    sets = ("task_weighting=coba", "coba_warmup_steps=2", "coba_history_length=3", "max_steps=5")
     single = tmp_path / "single"
     run_single(config, single, *sets)
     run_launch(config, tmp_path / "ddp", "ddp", *sets)
@@ -309,5 +311,5 @@ def test_launch_any_command_kind(llama_base, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_manifest(out).summary
-    assert summary["tasks"] == ["text"] and summary["loss_mode"] == "token" and summary["peft"] == "none"
+    assert summary["tasks"] == ["text"] and summary["loss"] == "token" and summary["peft"] == "none"
     assert (out / "model" / "model.safetensors").is_file()

@@ -9,6 +9,9 @@ from mft_train.batches import Rows, collate
 from mft_train.engine import LocalEngine
 from mft_train.loop import LoopParts, forward_logits, train_step
 from mft_train.loss import MODES, per_target_loss
+from mft_train.objective import Objective
+
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
 
 
 class GradCapture(LocalEngine):
@@ -65,13 +68,12 @@ def test_one_batch_of_8_equals_4_micro_batches_of_2(setup, mode, attn):
     for mbs, accum in ((8, 1), (2, 4)):
         engine = GradCapture(model, torch.optim.SGD(model.parameters(), lr=0.0), None)
         parts = LoopParts(
-            engine,
-            rows,
-            tasks,
-            torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64),
-            mode,
-            mbs,
-            accum,
+            engine=engine,
+            rows=rows,
+            tasks=tasks,
+            objective=Objective(loss=mode, weighting="static", weights=(1.0, 2.0, 0.5)),
+            micro_batch_size=mbs,
+            grad_accum=accum,
             seed=3,
             pad_id=0,
             bf16=False,

@@ -3,6 +3,8 @@ import json
 import pytest
 import torch
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "starcoder2", "gpt_neox"])
 def test_init_base_loads_with_plain_transformers(make_base, family):

@@ -12,6 +12,8 @@ from mft_train.loss import (
     target_weights,
 )
 
+pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
+
 
 def make_targets(samples, width):
     """samples: list of rows; each row a list of (task, n_targets). Returns Targets with sequential sample ids."""

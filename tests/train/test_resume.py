@@ -56,19 +56,19 @@ def test_killed_and_resumed_equals_uninterrupted(llama_base, llama_tok, tmp_path
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
 
-    straight = run(path, f"output_dir={tmp_path / 'a'}")
+    straight = run(path, f"out={tmp_path / 'a'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / "b"
-    first = run(path, f"output_dir={out}", KILL_AT_STEP=5)
+    first = run(path, f"out={out}", KILL_AT_STEP=5)
     assert first.returncode == -9 and (out / "checkpoint-3").is_dir() and not (out / "manifest.json").exists()
-    second = run(path, f"output_dir={out}", "resume=auto", KILL_IN_SAVE="optim.pt", KILL_AT_STEP=-1)
+    second = run(path, f"out={out}", "resume=auto", KILL_IN_SAVE="optimizer.pt", KILL_AT_STEP=-1)
     # it resumed from checkpoint-3 and died while writing checkpoint-6: that one must not exist as a checkpoint
     assert second.returncode == -9 and not (out / "checkpoint-6").exists()
     assert any(p.name.startswith(".checkpoint-6.tmp-") for p in out.iterdir())
-    third = run(path, f"output_dir={out}", "resume=auto", KILL_AT_STEP=10)
+    third = run(path, f"out={out}", "resume=auto", KILL_AT_STEP=10)
     assert third.returncode == -9 and "resumed from" in third.stderr
-    last = run(path, f"output_dir={out}", "resume=auto")
+    last = run(path, f"out={out}", "resume=auto")
     assert last.returncode == 0, last.stderr[-3000:]
     assert "checkpoint-9" in last.stderr
 
@@ -98,3 +98,37 @@ def test_resume_with_another_config_shows_the_diff(llama_base, llama_tok, tmp_pa
         train(train_config(llama_base, llama_tok, out, max_steps=3, save_every=2, eval_every=0, lr=1e-3, resume="auto"))
     with pytest.raises(ConfigError, match="resume=auto"):
         train(train_config(llama_base, llama_tok, out, max_steps=3, save_every=2, eval_every=0))
+
+
+def test_every_resume_checks_the_saved_weights_fit_the_model(llama_base, llama_tok, tmp_path):
+    """One layout for every engine; a settings change that leaves the result alone resumes, a checkpoint whose
+    weights are not this model's trainable parameters (names and shapes) is refused."""
+    from mft_core.errors import ConfigError
+    from mft_train.api import train
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "w"
+    kw = dict(max_steps=3, save_every=2, eval_every=0)
+    train(train_config(llama_base, llama_tok, out, **kw))
+    checkpoint = out / "checkpoint-2"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "optimizer",
+        "rng-rank0.pt",
+        "scheduler.pt",
+        "state.json",
+        "weights.safetensors",
+    ]
+    (out / "manifest.json").unlink()  # pretend it never finished
+    resumed = train(train_config(llama_base, llama_tok, out, log_every=3, save_limit=4, resume="auto", **kw))
+    assert resumed.summary["steps"] == 3 and not resumed.up_to_date
+
+    (out / "manifest.json").unlink()
+    weights = load_file(str(checkpoint / "weights.safetensors"))
+    dropped, reshaped = sorted(weights)[:2]
+    del weights[dropped]
+    weights[reshaped] = weights[reshaped][:1].contiguous()
+    save_file(weights, str(checkpoint / "weights.safetensors"))
+    with pytest.raises(ConfigError, match="do not fit this model") as info:
+        train(train_config(llama_base, llama_tok, out, resume=str(checkpoint), **kw))
+    assert f"{dropped}: missing from the checkpoint" in info.value.message
+    assert f"{reshaped}: shape [1, " in info.value.message

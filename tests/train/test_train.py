@@ -19,7 +19,8 @@ def test_lora_multitask_run_learns_and_writes_a_complete_output(llama_base, llam
     out = tmp_path / "run"
     result = train(train_config(llama_base, llama_tok, out, max_steps=30, save_every=10))
     manifest = read_manifest(out, "adapter")
-    assert manifest.summary["loss_mode"] == "task" and manifest.summary["steps"] == 30
+    assert manifest.summary["loss"] == "task" and manifest.summary["task_weighting"] == "static"
+    assert manifest.summary["steps"] == 30
     assert manifest.summary["resolved"]["tasks"] == ["explain", "fix", "gen"]
     metrics = read_metrics(out / "metrics.jsonl")
     train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
@@ -39,6 +40,16 @@ def test_lora_multitask_run_learns_and_writes_a_complete_output(llama_base, llam
     assert result.summary["supervised_tokens_per_task"]["gen"] > 0
     # same config again: nothing to do
     assert train(train_config(llama_base, llama_tok, out, max_steps=30, save_every=10)).up_to_date
+
+
+def test_settings_that_leave_the_result_alone_keep_a_finished_run_up_to_date(llama_base, llama_tok, tmp_path):
+    out = tmp_path / "done"
+    kw = dict(max_steps=2, eval_every=0)
+    train(train_config(llama_base, llama_tok, out, **kw))
+    quieter = dict(log_every=7, save_every=1, save_limit=5, tb_dir=str(tmp_path / "tb"))
+    assert train(train_config(llama_base, llama_tok, out, **quieter, **kw)).up_to_date
+    with pytest.raises(ConfigError, match="another config or inputs"):
+        train(train_config(llama_base, llama_tok, out, lr=1e-3, **kw))
 
 
 def test_full_fine_tuning_saves_a_complete_model(llama_base, llama_tok, tmp_path):
@@ -110,7 +121,7 @@ def test_cli_exit_codes_and_messages(llama_base, llama_tok, tmp_path):
     from typer.testing import CliRunner
 
     config = tmp_path / "c.yaml"
-    config.write_text(f"model: {llama_base}\noutput_dir: {tmp_path / 'cli'}\nseq_len: 96\nmax_steps: 2\n")
+    config.write_text(f"model: {llama_base}\nout: {tmp_path / 'cli'}\nseq_len: 96\nmax_steps: 2\n")
 
     def run_cli(*sets):
         base = ["run", str(config)]
@@ -151,7 +162,7 @@ def test_pretrain_on_raw_code(llama_base, tmp_path):
     out = tmp_path / "pre"
     result = train(
         train_config(
-            llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3
+            llama_base, str(src), out, peft="none", loss="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3
         ),
         kind="pretrain",
     )
@@ -161,12 +172,12 @@ def test_pretrain_on_raw_code(llama_base, tmp_path):
     assert losses[-1] < losses[0]
     again = train(
         train_config(
-            llama_base, str(src), out, peft="none", loss_mode="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3
+            llama_base, str(src), out, peft="none", loss="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3
         ),
         kind="pretrain",
     )
     assert again.up_to_date
     (src / "m0.py").write_text("def changed():\n    return 1\n" * 30)  # same path, new content: not up to date
-    same_config = dict(peft="none", loss_mode="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3)
+    same_config = dict(peft="none", loss="token", seq_len=128, max_steps=6, eval_every=0, lr=1e-3)
     with pytest.raises(ConfigError, match="another config or inputs"):
         train(train_config(llama_base, str(src), out, **same_config), kind="pretrain")

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ContractError
+from .errors import ConfigError, ContractError
 from .manifest import has_manifest, read_manifest
-
-MODEL_KINDS = ("base-model", "model", "merged-model", "quantized-model")
 
 
 def model_type_of(model_dir: str | Path) -> str | None:
@@ -90,14 +88,25 @@ def resolve_tokenizer_dir(path: str | Path) -> str:
 
 
 def load_tokenizer(path: str | Path):
-    """``AutoTokenizer.from_pretrained`` on :func:`resolve_tokenizer_dir`, with an error that names the folder."""
-    from transformers import AutoTokenizer
+    """``AutoTokenizer.from_pretrained`` on :func:`resolve_tokenizer_dir`, with an error that names the folder.
+
+    The one tokenizer loader of every tool (mft-train adds its EOS and pad checks on top). transformers is the
+    ``hf`` extra of mft-core, imported only here.
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ConfigError(
+            "loading a tokenizer needs transformers, which is not installed",
+            fix="pip install 'mft-core[hf]' (or the tool's extra that includes it, e.g. 'mft-eval[generate]')",
+        ) from None
 
     where = resolve_tokenizer_dir(path)
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ContractError(
-            f"{path}: no usable tokenizer ({str(exc).splitlines()[0]})",
+            f"{path}: no usable tokenizer ({first_line})",
             fix="pass a model or tokenizer folder (with tokenizer.json) or a hub id",
         ) from None

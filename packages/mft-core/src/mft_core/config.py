@@ -1,7 +1,10 @@
 """Frozen config dataclasses filled from defaults < YAML file < flags, with unknown keys rejected.
 
-Every command has one frozen dataclass. Its ``__post_init__`` checks field combinations and raises
-:class:`ConfigError` naming the flags. This module only does the layering and the type coercion.
+Every command has one frozen dataclass, the only declaration of its settings: each field is declared with
+:func:`opt`, whose metadata holds the help text, the flag, whether the CLI shows it, and whether it counts toward
+the "up to date" fingerprint and toward "the same run" on resume. :mod:`mft_core.cli_config` builds the Typer
+command from it; :func:`fingerprint_config` gives the settings a manifest records. ``__post_init__`` checks field
+combinations and raises :class:`ConfigError` naming the flags. This module does the layering and type coercion.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -19,6 +22,97 @@ import yaml
 from .errors import ConfigError
 
 T = TypeVar("T")
+META = "mft"  # the key of a field's metadata that opt() fills
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What :func:`opt` records about one config field (``dataclasses.Field.metadata["mft"]``)."""
+
+    help: str
+    flags: tuple[str, ...] = ()  # Typer declarations; () = ``--field-name`` (bools: a plain ``--field-name`` switch)
+    cli: bool = True  # a flag or argument of the command; False: YAML / ``--set`` only
+    positional: bool = False  # an argument (tuples: one or more) instead of an option
+    fingerprint: bool | Literal["non-default"] = True  # "non-default": counted only when not at its default
+    same_run: bool = True  # False: may change between a checkpoint and its resume (logging, saving, paths)
+    repeat: bool = False  # tuples: a repeatable option instead of one comma-separated value
+    cli_type: Any = None  # the flag's type when it differs from the field's (see ``parse``)
+    parse: Callable[[Any], Any] | None = None  # flag value -> field value
+    aliases: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)  # switch -> (value, help)
+
+
+def opt(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flag: str | tuple[str, ...] | None = None,
+    cli: bool = True,
+    positional: bool = False,
+    fingerprint: bool | Literal["non-default"] = True,
+    same_run: bool = True,
+    repeat: bool = False,
+    cli_type: Any = None,
+    parse: Callable[[Any], Any] | None = None,
+    aliases: Mapping[str, tuple[Any, str]] | None = None,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+) -> Any:
+    """A config field and everything said about it: ``out: str = opt("", help="Output folder.", fingerprint=False)``.
+
+    ``flag``: Typer's declarations (``"--from"``, ``"--sym/--asym"``); default ``--field-name``, and for bools a
+    switch that sets True. ``aliases``: extra switches that set a fixed value, ``{"--no-verify": ("none", help)}``.
+    """
+    flags = (flag,) if isinstance(flag, str) else tuple(flag or ())
+    setting = Setting(help, flags, cli, positional, fingerprint, same_run, repeat, cli_type, parse, dict(aliases or {}))
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={META: setting})
+    return dataclasses.field(default=default, metadata={META: setting})
+
+
+def overwrite_opt() -> Any:
+    """The ``--overwrite`` field every command that writes ``--out`` has."""
+    return opt(False, help="Replace --out if it exists.", fingerprint=False, same_run=False)
+
+
+def setting_of(f: dataclasses.Field) -> Setting | None:
+    """The :class:`Setting` of a field declared with :func:`opt` (None for a plain field)."""
+    return f.metadata.get(META)
+
+
+def fingerprint_keys(config: Any) -> tuple[str, ...]:
+    """The fields (of a config class or instance) that count toward the "up to date" fingerprint, in order.
+
+    For an instance, ``fingerprint="non-default"`` fields are kept only when they differ from their default.
+    """
+    keys = []
+    for f in dataclasses.fields(config):
+        s = setting_of(f)
+        counted = True if s is None else s.fingerprint
+        if counted == "non-default":
+            if isinstance(config, type) or getattr(config, f.name) == _default_of(f):
+                continue
+        elif not counted:
+            continue
+        keys.append(f.name)
+    return tuple(keys)
+
+
+def same_run_keys(config: Any) -> tuple[str, ...]:
+    """The fields that must match for a resume to continue the same run (``same_run=False`` ones may change)."""
+    return tuple(f.name for f in dataclasses.fields(config) if (setting_of(f) or Setting("")).same_run)
+
+
+def fingerprint_config(config: Any) -> dict[str, Any]:
+    """The settings an output records and is fingerprinted by: :func:`config_to_dict` on the fingerprint keys."""
+    keys = fingerprint_keys(config)
+    return {k: v for k, v in config_to_dict(config).items() if k in keys}
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def field_names(cls: type) -> list[str]:

@@ -20,7 +20,7 @@ from .errors import ContractError, InputError
 from .manifest import read_manifest
 
 Split = Literal["all", "train", "valid"]
-SPLIT_FILES = {"all": "data.jsonl", "train": "train.jsonl", "valid": "valid.jsonl"}
+SPLIT_FILES: dict[Split, str] = {"all": "data.jsonl", "train": "train.jsonl", "valid": "valid.jsonl"}
 FORMAT_COMMAND = "mft-data format INPUT --task NAME --out DIR"
 
 

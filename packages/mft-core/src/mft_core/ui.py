@@ -5,14 +5,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .errors import MFTError
+
+if TYPE_CHECKING:
+    import typer
 
 # soft_wrap: messages are never wrapped by rich, since a path or command broken over two lines cannot be copied or
 # grepped (tables still fit the width)
@@ -48,7 +58,7 @@ def labelled_bars(prefix: str = "", *, cumulative: bool = True) -> Iterator[Call
     the work done so far.
     """
     with progress() as bar:
-        handles: dict[str, int] = {}
+        handles: dict[str, TaskID] = {}
 
         def report(label: str, n: int, total: int | None) -> None:
             if label not in handles:
@@ -89,7 +99,7 @@ def cli_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def make_app(help_text: str) -> typer.Typer:  # noqa: F821
+def make_app(help_text: str) -> typer.Typer:
     import typer
 
     return typer.Typer(
@@ -99,7 +109,3 @@ def make_app(help_text: str) -> typer.Typer:  # noqa: F821
         add_completion=False,
         rich_markup_mode="rich",
     )
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

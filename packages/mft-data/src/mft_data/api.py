@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mft_core.artifacts import load_tokenizer
-from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, iter_task_records, task_names
+from mft_core.config import fingerprint_config
+from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, Split, iter_task_records, task_names
 from mft_core.errors import ConfigError
 from mft_core.manifest import read_manifest
 
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-def read_formatted_records(folder: str | Path, split: str = "all") -> dict[str, list[dict[str, Any]]]:
+def read_formatted_records(folder: str | Path, split: Split = "all") -> dict[str, list[dict[str, Any]]]:
     """All records of a formatted folder, per task."""
     return {task: list(iter_task_records(folder, task, split)) for task in task_names(folder)}
 
@@ -79,7 +80,7 @@ def decontaminate(cfg: DecontamConfig, progress: Progress | None = None) -> Deco
     folder = Path(cfg.folder)
     summary, _, resuming = load_summary(folder, "decontaminate", required=True)
     done = summary.get("decontamination") or {}
-    settings = {"against": cfg.against, "ngram": cfg.ngram, "mode": cfg.mode}
+    settings = fingerprint_config(cfg)  # against, ngram, mode (see mft_data.config)
     if (
         not resuming
         and done
@@ -153,7 +154,8 @@ def split_folder(cfg: SplitConfig) -> SplitReport:
     folder = Path(cfg.folder)
     summary, _, resuming = load_summary(folder, "split", required=True)
     done = summary.get("split") or {}
-    same = done.get("valid_ratio") == cfg.valid_ratio and done.get("seed") == cfg.seed and "counts" in done
+    settings = fingerprint_config(cfg)  # valid_ratio, seed (see mft_data.config)
+    same = {k: done.get(k) for k in settings} == settings and "counts" in done
     if same and not resuming:
         return SplitReport({t: tuple(c) for t, c in done["counts"].items()}, up_to_date=True)
     counts = {}

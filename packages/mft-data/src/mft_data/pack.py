@@ -40,14 +40,6 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
-def position_ids_for(seq_lens: Sequence[int]) -> list[int]:
-    """``[0..n1-1, 0..n2-1, ...]`` for records of lengths ``seq_lens`` packed in one row."""
-    out: list[int] = []
-    for n in seq_lens:
-        out.extend(range(n))
-    return out
-
-
 def fill_rate(bins: Sequence[Sequence[int]], lengths: Sequence[int], capacity: int) -> float:
     """Share of the rows' token slots that hold real tokens."""
     if not bins:

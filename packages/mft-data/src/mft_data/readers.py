@@ -19,8 +19,6 @@ from typing import Any
 
 from mft_core.errors import InputError
 
-CONTAINERS = ("jsonl", "json", "parquet", "csv")
-
 
 @dataclass(frozen=True)
 class Row:

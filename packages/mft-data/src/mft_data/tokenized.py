@@ -15,13 +15,13 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mft_core.artifacts import load_tokenizer
-from mft_core.config import config_to_dict
-from mft_core.datafolder import FORMAT_COMMAND, has_split, task_file, task_names
+from mft_core.config import fingerprint_config
+from mft_core.datafolder import FORMAT_COMMAND, Split, has_split, task_file, task_names
 from mft_core.errors import InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest, read_manifest
 from mft_core.templates import chat_template
@@ -42,10 +42,10 @@ class TaskTally:
     tokens: int = 0
     supervised: int = 0
     truncated: int = 0
-    dropped_ids: list[str] | None = None
+    dropped_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        dropped = self.dropped_ids or []
+        dropped = self.dropped_ids
         return {
             "records": self.records,
             "tokens": self.tokens,
@@ -200,9 +200,13 @@ class TokenizeResult:
     up_to_date: bool = False
 
 
-def _splits(folder: str) -> list[tuple[str, str]]:
+def _splits(folder: str) -> list[tuple[str, Split]]:
     """(output split, formatted split) pairs: train/valid after `mft-data split`, else everything as train."""
     return [("train", "train"), ("valid", "valid")] if has_split(folder) else [("train", "all")]
+
+
+def _per_split(progress: Callable[[str, int, int], None], split: str, total: int) -> Callable[[int], None]:
+    return lambda n: progress(split, n, total)
 
 
 def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], None] | None = None) -> TokenizeResult:
@@ -212,7 +216,7 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
     tokenizer = load_tokenizer(cfg.tokenizer)
     forced = chat_template(cfg.chat_template) if cfg.chat_template else None  # --chat-template NAME
     encoder = ChatEncoder(tokenizer, forced)  # checks EOS and fast tokenizer before any work
-    config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite", "num_proc", "batch_size")}
+    config = fingerprint_config(cfg)  # the settings that change the rows (see mft_data.config)
     config["chat_template"] = encoder.template
     inputs = (InputRef(str(Path(cfg.folder).resolve()), source.kind, source.id), tokenizer_ref(cfg.tokenizer))
     manifest_probe = new_manifest("tokenized-data", TOOL, __version__, config, inputs)
@@ -224,7 +228,7 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
         for split, source_split in _splits(cfg.folder):
             items: list[Encoded] = []
             item_tasks: list[int] = []
-            tallies = {t: TaskTally(dropped_ids=[]) for t in tasks}
+            tallies = {t: TaskTally() for t in tasks}
             lines, line_tasks = [], []
             for task_id, task in enumerate(tasks):
                 with open(task_file(cfg.folder, task, source_split), encoding="utf-8") as handle:
@@ -233,7 +237,7 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
                 line_tasks += [task_id] * len(task_lines)
             if not lines and split == "valid":
                 continue  # `split --valid-ratio 0`: no valid split, as if the folder had not been split
-            report = progress and (lambda n, s=split, total=len(lines): progress(s, n, total))
+            report = _per_split(progress, split, len(lines)) if progress else None
             encoded = encode_lines(lines, cfg.tokenizer, cfg.num_proc, cfg.batch_size, report, forced)
             for (rid, enc), task_id in zip(encoded, line_tasks):
                 tally = tallies[tasks[task_id]]

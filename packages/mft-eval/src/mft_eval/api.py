@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mft_core.config import config_to_dict
+from mft_core.config import fingerprint_config
 from mft_core.errors import ConfigError, InputError
 from mft_core.manifest import InputRef, atomic_output_dir, is_up_to_date, new_manifest
 
@@ -25,12 +25,10 @@ from .config import HumanEvalConfig, ScoreConfig
 from .generate import versions
 from .postprocess import PRESETS, build_candidate_program, build_program, judge_prelude
 from .problems import default_problem_file, load_problems, load_samples
-from .sandbox import ExecResult, Job, JudgeSpec, Limits, Sandbox
+from .sandbox import STATUSES, ExecResult, Job, JudgeSpec, Limits, Sandbox
 from .score import per_task_counts, summarize
 
 TOOL = "mft-eval"
-# Settings that do not change the result, so not part of the "up to date" fingerprint.
-_NOT_FINGERPRINTED = ("out", "overwrite", "workers", "samples", "model", "problems", "batch_size", "threads")
 OnProgress = Callable[[str, int, int], None]  # (stage, done so far, total)
 
 
@@ -118,7 +116,7 @@ def _summary(
 ) -> dict[str, Any]:
     counts = per_task_counts([t for t, _ in samples], [r.passed for r in results])
     scores = summarize(counts, cfg.k)
-    status_counts = {s: 0 for s in ("passed", "failed", "timed out", "crashed")}
+    status_counts = dict.fromkeys(STATUSES, 0)
     for r in results:
         status_counts[r.status] = status_counts.get(r.status, 0) + 1
     ns = [n for n, _ in counts.values()]
@@ -192,10 +190,6 @@ def _manifest_summary(summary: dict) -> dict:
     }
 
 
-def _fingerprinted(cfg) -> dict:
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_FINGERPRINTED}
-
-
 def _read_summary(out: Path) -> dict:
     try:
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -233,7 +227,7 @@ def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> Ev
     problems_path = cfg.problems or default_problem_file()
     problems = load_problems(problems_path)
     inputs = (InputRef.of(cfg.samples), InputRef.of(problems_path))
-    config = _fingerprinted(cfg)
+    config = fingerprint_config(cfg)  # the settings that change the result (see mft_eval.config)
     out = Path(cfg.out)
     if is_up_to_date(out, new_manifest("eval", TOOL, __version__, config, inputs).fingerprint):
         return EvalResult(out, True, _read_summary(out))
@@ -268,17 +262,15 @@ def _warn_if_gate_failed(model_dir: Path) -> None:
     summary = read_manifest(model_dir).summary
     quality = summary.get("quality") if isinstance(summary, dict) else None
     if isinstance(quality, dict) and quality.get("passed") is False:
-        warn(
-            f"{model_dir} failed mft-quant's quality gate (perplexity +{quality.get('overall_increase', 0):.1%} > "
-            f"{quality.get('max_increase', 0):.1%}); scoring it anyway"
-        )
+        why = "; ".join(str(f) for f in quality.get("failures") or []) or "see its quality.json"
+        warn(f"{model_dir} failed mft-quant's quality gate ({why}); scoring it anyway")
 
 
 def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -> EvalResult:
     """Generate completions with the model, post-process, execute and score them; record everything."""
-    from mft_core.artifacts import model_fingerprint, resolve_model_dir
+    from mft_core.artifacts import load_tokenizer, model_fingerprint, resolve_model_dir
 
-    from .generate import build_prompts, clean_completion, generate_hf, generate_vllm, load_tokenizer
+    from .generate import build_prompts, clean_completion, generate_hf, generate_vllm
 
     model_dir = resolve_model_dir(cfg.model)
     _warn_if_gate_failed(model_dir)
@@ -287,7 +279,7 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
     chosen = list(problems.values())[: cfg.limit] if cfg.limit else list(problems.values())
     model_ref = InputRef.of(cfg.model)
     inputs = (model_ref, InputRef.of(problems_path))
-    config = _fingerprinted(cfg) | {"model_fingerprint": model_fingerprint(model_dir)}
+    config = fingerprint_config(cfg) | {"model_fingerprint": model_fingerprint(model_dir)}
     out = Path(cfg.out)
     if is_up_to_date(out, new_manifest("eval", TOOL, __version__, config, inputs).fingerprint):
         return EvalResult(out, True, _read_summary(out))

@@ -45,7 +45,8 @@ def match_prompts(prompts: list[str], problems: dict[str, dict], where: str = ""
         sig = entry_signature(problem["prompt"])
         if sig and sig[0] == problem["entry_point"]:
             by_key.setdefault(sig, []).append(task_id)
-    out, seen = [], {}
+    out: list[str] = []
+    seen: dict[str, int] = {}
     for i, prompt in enumerate(prompts, 1):
         sig = entry_signature(prompt)
         if sig is None:

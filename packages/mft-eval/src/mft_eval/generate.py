@@ -32,17 +32,6 @@ class Prompting:
     stop: tuple[str, ...]
 
 
-def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as exc:
-        raise ContractError(
-            f"{model_dir}: cannot load a tokenizer ({exc})", fix="pass a model folder that has its tokenizer files"
-        ) from exc
-
-
 def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prompting:
     """Render each problem as the model will see it.
 

@@ -48,7 +48,7 @@ def summarize(counts: Mapping[str, tuple[int, int]], ks: Iterable[int]) -> dict:
     usable = [k for k in ks if 1 <= k <= min_n]
     per_task = {}
     for task, (n, c) in counts.items():
-        entry = {"n": n, "correct": c}
+        entry: dict[str, float] = {"n": n, "correct": c}
         entry.update({f"pass@{k}": pass_at_k(n, c, k) for k in usable})
         per_task[task] = entry
     overall = (

@@ -6,8 +6,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mft_core.artifacts import model_fingerprint, model_type_of, resolve_adapter_dir, resolve_model_dir
-from mft_core.config import config_to_dict
+from mft_core.artifacts import (
+    load_tokenizer,
+    model_fingerprint,
+    model_type_of,
+    resolve_adapter_dir,
+    resolve_model_dir,
+)
+from mft_core.config import fingerprint_config
 from mft_core.errors import ConfigError, ContractError, QualityGateError
 from mft_core.manifest import InputRef, atomic_output_dir, has_manifest, is_up_to_date, new_manifest, read_manifest
 from mft_core.ui import info, warn
@@ -47,6 +53,7 @@ def resolve_base(cfg: MergeConfig, adapter_arg: Path, adapter_config: dict) -> t
             f"the adapter's manifest names base {from_manifest} but its adapter_config.json names {from_config}",
             fix="pass the right one with --base",
         )
+    chosen: str | None
     if cfg.base:
         chosen = cfg.base
         if from_manifest or from_config:
@@ -91,7 +98,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
     adapter_dir = resolve_adapter_dir(adapter_arg)
     adapter = load_adapter(adapter_dir)
     base, train_output = resolve_base(cfg, adapter_arg, adapter.config)
-    config = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite", "adapter", "base")}
+    config = fingerprint_config(cfg)  # adapter and base are inputs, identified by their manifests and hashes
     inputs = (InputRef.of(adapter_arg), InputRef.of(base))
     probe = new_manifest("merged-model", "mft-merge", __version__, config, inputs)
     if is_up_to_date(cfg.out, probe.fingerprint):
@@ -108,9 +115,7 @@ def merge(cfg: MergeConfig) -> MergeResult:
         write_side_files(plan, base, adapter, staging.path, dtype)
         verification = None
         if check == "logits":
-            from transformers import AutoTokenizer
-
-            prompts, source = prompts_from_data(train_output, AutoTokenizer.from_pretrained(staging.path), cfg.prompts)
+            prompts, source = prompts_from_data(train_output, load_tokenizer(staging.path), cfg.prompts)
             verification = verify_logits(base, adapter, staging.path, dtype, prompts, source, cfg.new_tokens, plan)
         elif check == "layers":
             verification = verify_layers(base, adapter, staging.path, plan)

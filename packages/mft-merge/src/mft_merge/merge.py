@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from mft_core.artifacts import load_tokenizer
 from mft_core.errors import ConfigError, ContractError
 
 from .adapter import Adapter, ModuleLoRA
@@ -69,7 +70,7 @@ def base_entries(model_dir: Path) -> list[Source]:
             f"{model_dir}: no safetensors weights (model.safetensors or an index)",
             fix="re-save the base with save_pretrained(safe_serialization=True)",
         )
-    out = []
+    out: list[Source] = []
     for name in files:
         entries, _ = read_header(model_dir / name)
         out.extend(Source(model_dir / name, e) for e in entries)
@@ -180,8 +181,8 @@ def plan_merge(adapter: Adapter, model_dir: Path, dtype: torch.dtype, max_shard:
             plan.sources[name] = None
             plan.shapes[name] = tuple(adapter.replaced[name].shape)
             plan.config_updates["tie_word_embeddings"] = False
-    for name, s in plan.sources.items():
-        source_dtype = adapter.replaced[name].dtype if s is None else _entry_dtype(s.entry)
+    for name, source in plan.sources.items():
+        source_dtype = adapter.replaced[name].dtype if source is None else _entry_dtype(source.entry)
         plan.dtypes[name] = dtype if source_dtype.is_floating_point else source_dtype
     _resized_vocab(plan, base_config)
     if simulate_nf4:
@@ -220,7 +221,9 @@ def quantized_linear_weights(model_dir: Path) -> set[str]:
 
 
 def _shards(plan: Plan, max_shard: int) -> list[list[str]]:
-    shards, current, size = [], [], 0
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
     for name in plan.sources:
         nbytes = tensor_nbytes(plan.shapes[name], plan.dtypes[name])
         if current and size + nbytes > max_shard:
@@ -248,6 +251,7 @@ def merged_tensor(name: str, plan: Plan, adapter: Adapter, handles: dict) -> tor
         if name in adapter.base_weights:  # PEFT loads this copy over the base's before the LoRA goes on top
             value = adapter.base_weights[name]
         else:
+            assert source is not None  # only tensors taken whole from the adapter have no base source
             if source.path not in handles:
                 handles[source.path] = open(source.path, "rb")
             value = read_tensor(handles[source.path], source.entry)
@@ -301,9 +305,9 @@ def write_side_files(plan: Plan, model_dir: Path, adapter: Adapter, out: Path, d
     for name in TOKENIZER_FILES:
         if (tokenizer_source / name).is_file():
             shutil.copy2(tokenizer_source / name, out / name)
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer = load_tokenizer(out)
     generation = (
         GenerationConfig.from_pretrained(model_dir)
         if (model_dir / "generation_config.json").is_file()

@@ -12,8 +12,8 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -61,7 +61,7 @@ def read_header(path: str | Path) -> tuple[list[Entry], dict]:
     return sorted(entries, key=lambda e: e.start), meta
 
 
-def read_tensor(handle: BinaryIO, entry: Entry) -> torch.Tensor:
+def read_tensor(handle: BufferedIOBase, entry: Entry) -> torch.Tensor:
     """Read one tensor into fresh memory (nothing else of the file stays resident)."""
     buffer = bytearray(entry.nbytes)
     handle.seek(entry.start)
@@ -110,7 +110,7 @@ class StreamingWriter:
         if data.dtype == torch.bfloat16:  # numpy has no bf16: write its raw 16-bit pattern
             data = data.view(torch.int16)
         if data.numel():
-            self._file.write(memoryview(data.numpy()).cast("B"))
+            self._file.write(data.numpy().data.cast("B"))
         self._next += 1
 
     def close(self) -> None:

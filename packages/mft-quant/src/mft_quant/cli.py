@@ -1,14 +1,14 @@
-"""``mft-quant``: thin Typer commands over :mod:`mft_quant.api`."""
+"""``mft-quant``: thin Typer commands over :mod:`mft_quant.api`, their flags generated from :mod:`mft_quant.config`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
-from mft_core.config import build_config
-from mft_core.ui import cli_errors, console, make_app
+from mft_core.cli_config import config_command
+from mft_core.ui import console, make_app
 from rich.table import Table
+
+from .config import GPTQConfig
 
 app = make_app("Quantize a model to 4-bit GPTQ (GPTQModel), calibrated on your own chat data, with a quality gate.")
 
@@ -18,55 +18,11 @@ def _group() -> None:
     """Keeps `gptq` a named subcommand (room for other methods later)."""
 
 
-@app.command()
-@cli_errors
-def gptq(
-    model: Annotated[str, typer.Argument(help="A model folder (e.g. the output of mft-merge).")],
-    out: Annotated[str | None, typer.Option(help="Output GPTQ folder.")] = None,
-    bits: Annotated[int | None, typer.Option(help="Bits per weight.")] = None,
-    group_size: Annotated[int | None, typer.Option(help="Weights sharing one scale (-1: per channel).")] = None,
-    desc_act: Annotated[
-        bool | None, typer.Option("--desc-act/--no-desc-act", help="Quantize columns by decreasing activation.")
-    ] = None,
-    sym: Annotated[bool | None, typer.Option("--sym/--asym", help="Symmetric quantization.")] = None,
-    damp: Annotated[float | None, typer.Option(help="Hessian dampening (share of the mean diagonal).")] = None,
-    calib: Annotated[str | None, typer.Option(help="Formatted data folder (mft-data format) to calibrate on.")] = None,
-    calib_samples: Annotated[int | None, typer.Option(help="Calibration records, drawn evenly across tasks.")] = None,
-    calib_seq_len: Annotated[int | None, typer.Option(help="Longest calibration sample in tokens.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
-    max_ppl_increase: Annotated[
-        float | None, typer.Option(help="Exit 1 if held-out perplexity rises more than this (relative).")
-    ] = None,
-    eval_humaneval: Annotated[
-        bool | None, typer.Option("--eval-humaneval", help="Also run mft-eval on both models and report Δpass@1.")
-    ] = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace --out if it exists.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML with these settings; flags win.")] = None,
-):
-    """GPTQ-quantize MODEL; report per-task perplexity, full precision vs quantized."""
+@config_command(app, GPTQConfig)
+def gptq(cfg: GPTQConfig) -> None:
+    """GPTQ-quantize MODEL; gate on held-out answer tokens (NLL, top-1 agreement), full precision vs quantized."""
     from .api import quantize_gptq
-    from .config import GPTQConfig
 
-    cfg = build_config(
-        GPTQConfig,
-        config,
-        dict(
-            model=model,
-            out=out,
-            bits=bits,
-            group_size=group_size,
-            desc_act=desc_act,
-            sym=sym,
-            damp=damp,
-            calib=calib,
-            calib_samples=calib_samples,
-            calib_seq_len=calib_seq_len,
-            device=device,
-            max_ppl_increase=max_ppl_increase,
-            eval_humaneval=eval_humaneval,
-            overwrite=overwrite,
-        ),
-    )
     try:
         result = quantize_gptq(cfg)
     except Exception as exc:
@@ -83,10 +39,37 @@ def _report(out: str | Path, up_to_date: bool = False) -> None:
 
     summary = read_manifest(out, "quantized-model").summary
     quality = summary["quality"]
-    table = Table("task", "ppl fp", "ppl 4-bit", "increase", title=f"GPTQ {summary['settings']} -> {out}")
-    for task, row in quality["perplexity"].items():
-        table.add_row(task, f"{row['fp']:.3f}", f"{row['quantized']:.3f}", f"{row['increase']:+.2%}")
+    table = Table(
+        "task",
+        "answer NLL fp",
+        "quantized",
+        "Δ nats",
+        "top-1 agree",
+        "ppl fp (all tokens)",
+        "quantized",
+        "increase",
+        title=f"GPTQ {summary['settings']} -> {out}",
+    )
+    for task, ppl in quality["perplexity"].items():
+        row = quality["answer_nll"].get(task, {})
+        agree = quality["agreement"].get(task)
+        table.add_row(
+            task,
+            _num(row.get("fp"), ".3f"),
+            _num(row.get("quantized"), ".3f"),
+            _num(row.get("increase"), "+.3f"),
+            _num(agree, ".1%"),
+            _num(ppl["fp"], ".3f"),
+            _num(ppl["quantized"], ".3f"),
+            _num(ppl["increase"], "+.2%"),
+        )
     console.print(table)
+    gate = quality["gate"]
+    console.print(
+        f"gate: answer NLL Δ ≤ {gate['max_nll_increase']:g} nats, top-1 agreement ≥ {gate['min_agreement']:.0%}"
+        + (f", ppl increase ≤ {gate['max_ppl_increase']:.0%}" if gate.get("max_ppl_increase") is not None else "")
+        + (" -> [green]passed[/]" if quality["passed"] else " -> [red]failed[/]: " + "; ".join(quality["failures"]))
+    )
     if "humaneval" in quality:
         h = quality["humaneval"]
         console.print(
@@ -99,6 +82,10 @@ def _report(out: str | Path, up_to_date: bool = False) -> None:
     )
     if up_to_date:
         console.print(f"[green]up to date[/]: {out}")
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def main() -> None:

@@ -141,23 +141,23 @@ def _fit(column: np.ndarray) -> float:
 
 
 def update_weights(
-    state: BalanceState, mode: str, history_length: int, warmup: int, tau: float, scale: float
+    state: BalanceState, scheme: str, history_length: int, warmup: int, tau: float, scale: float
 ) -> list[float]:
     """Append the slopes of the latest sample's window and return the new weights (equal during warm-up).
 
-    ``state.losses`` must already hold the newest sample. Missing values (a task absent from the sampled valid
-    batches) are NaN and are skipped in that task's fit.
+    ``scheme`` is ``coba`` or ``selfpaced``; ``state.losses`` must already hold the newest sample. Missing values
+    (a task absent from the sampled valid batches) are NaN and are skipped in that task's fit.
     """
     k = len(state.losses[-1])
     if len(state.losses) < max(warmup, 2):
         state.weights = [1.0 / k] * k
         return state.weights
     window = np.asarray(state.losses[-history_length:], dtype=np.float64)  # [n, K]
-    if mode == "coba":
+    if scheme == "coba":
         window = window / np.asarray(state.initial, dtype=np.float64)
     alphas = np.asarray([_fit(window[:, i]) for i in range(k)])
     state.task_slopes.append(alphas.tolist())
-    if mode == "selfpaced":
+    if scheme == "selfpaced":
         weights = selfpaced_step(alphas, scale)
         state.scores = {}
     else:

@@ -52,19 +52,21 @@ def _train(kind: str, config_file: Path | None, sets: list[str] | None, base: di
     result = train(cfg, kind=kind)
     s = result.summary
     if result.up_to_date:
-        console.print(f"[green]up to date[/]: {result.output_dir} (same config and inputs)")
+        console.print(f"[green]up to date[/]: {result.out} (same config and inputs)")
         return
     final = s.get("final_eval") or {}
     console.print(
-        f"[green]done[/]: {result.output_dir} ({s['steps']} steps, {s['tokens_seen']:,} tokens, "
-        f"loss mode {s['loss_mode']}" + (f", mean valid loss {final['mean']:.4f}" if final else "") + ")"
+        f"[green]done[/]: {result.out} ({s['steps']} steps, {s['tokens_seen']:,} tokens, "
+        f"loss {s['loss']}, task weighting {s['task_weighting']}"
+        + (f", mean valid loss {final['mean']:.4f}" if final else "")
+        + ")"
     )
 
 
 @app.command()
 @cli_errors
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML config (keys: model, data, output_dir, peft, lr, ...).")],
+    config: Annotated[Path, typer.Argument(help="YAML config (keys: model, data, out, peft, lr, ...).")],
     sets: SetOpt = None,
 ):
     """Multi-task fine-tuning (LoRA, QLoRA or full) with per-task loss balancing; resumable."""
@@ -77,7 +79,7 @@ def sft(
     config: Annotated[Path, typer.Argument(help="YAML config; same keys as `run`.")],
     sets: SetOpt = None,
 ):
-    """Single-task supervised fine-tuning: `run` with loss_mode defaulting to token."""
+    """Single-task supervised fine-tuning: `run` with loss defaulting to token."""
     _train("sft", config, sets, KIND_DEFAULTS["sft"])
 
 
@@ -96,7 +98,7 @@ def pretrain(
     _train(
         "pretrain",
         config,
-        (sets or []) + extra + [f"data={data}", f"model={model}", f"output_dir={out}"],
+        (sets or []) + extra + [f"data={data}", f"model={model}", f"out={out}"],
         KIND_DEFAULTS["pretrain"],
     )
 

@@ -18,17 +18,16 @@ class TrainData:
     train: Rows
     valid: Rows | None
     manifest_id: str
-    seq_len: int
 
 
 def prepare_data(
-    data: str, model_dir: Path, seq_len: int, output_dir: Path, raw_text: bool = False, text_max_mb: float = 0.0
+    data: str, model_dir: Path, seq_len: int, out: Path, raw_text: bool = False, text_max_mb: float = 0.0
 ) -> Path:
-    """A tokenized folder for ``data``: itself if already tokenized, else tokenized into ``output_dir/tokenized``."""
+    """A tokenized folder for ``data``: itself if already tokenized, else tokenized into ``out/tokenized``."""
     from mft_data.api import TextTokenizeConfig, TokenizeConfig, tokenize_folder, tokenize_text_files
 
     path = Path(data)
-    target = output_dir / "tokenized"
+    target = out / "tokenized"
     if raw_text:
         tokenize_text_files(
             TextTokenizeConfig(
@@ -75,4 +74,4 @@ def load_data(path: Path, model_dir: Path, seq_len: int) -> TrainData:
             fix=f"re-run mft-data tokenize with --tokenizer {model_dir}",
         )
     valid = Rows(data.valid) if data.valid is not None and len(data.valid) else None
-    return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id, data.seq_len)
+    return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id)

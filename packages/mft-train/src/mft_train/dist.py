@@ -1,9 +1,29 @@
-"""The little of torch.distributed the loop needs; every function is a no-op in a single process."""
+"""The little of torch.distributed training needs: joining the group torchrun describes, this process's device,
+and collectives that are no-ops in a single process."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as tdist
+
+
+def init_distributed() -> None:
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); also for one process, so a sharded
+    strategy (FSDP, ZeRO) can run on a single GPU."""
+    if "RANK" not in os.environ or initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def device() -> torch.device:
+    """This process's device: its GPU (torchrun's LOCAL_RANK), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def initialized() -> bool:

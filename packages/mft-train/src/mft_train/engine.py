@@ -1,13 +1,66 @@
-"""How gradients are accumulated, synchronised and applied: one process, or a distributed engine.
+"""What the loop and the checkpointer ask of a training engine, and the two engines that keep the whole model on
+every process: :class:`LocalEngine` (one process) and :class:`DDPEngine`.
 
-The loop only calls ``accumulate``, ``backward`` and ``step``; everything strategy-specific lives here.
+The sharded engines live in :mod:`engine_zero` (DeepSpeed ZeRO-2/3) and :mod:`engine_fsdp` (FSDP2);
+:func:`mft_train.engines.make_engine` picks one from ``cfg.strategy``. Every engine *averages* gradients over
+ranks, while MFT's step loss is a *sum* over ranks of globally normalised terms: the loop scales each
+micro-batch loss by the world size.
 """
 
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+
+from . import dist
+
+OPTIMIZER_FILE = "optimizer.pt"  # inside a checkpoint's optimizer/ folder, for engines with a whole optimizer
+
+
+class Engine(Protocol):
+    model: torch.nn.Module  # what the forward runs on (wrapped by the strategy)
+    optimizer: Any
+    scheduler: Any
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The PEFT or transformers model inside the strategy's wrapper."""
+        ...
+
+    def accumulate(self, last: bool) -> AbstractContextManager:
+        """Around one micro-batch's forward and backward: gradients are synchronised only when ``last``."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self, max_grad_norm: float) -> float:
+        """Clip (when > 0), update, zero the gradients; returns the gradient norm before clipping."""
+        ...
+
+    # Checkpoints and the final output. Collective: every rank calls each of these.
+    def trainable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Full (unsharded) shape of every trainable parameter, by name: what a checkpoint is validated against."""
+        ...
+
+    def trainable_state(self) -> dict[str, torch.Tensor] | None:
+        """Every trainable tensor, whole and on the CPU, on the main rank (None elsewhere)."""
+        ...
+
+    def load_trainable(self, path: Path) -> None:
+        """Put the tensors of a ``trainable_state`` safetensors file into the model."""
+        ...
+
+    def save_optimizer(self, folder: Path) -> None: ...
+
+    def load_optimizer(self, folder: Path) -> None: ...
+
+    def final_state(self) -> dict[str, torch.Tensor] | None:
+        """The state ``save_pretrained`` writes, gathered on the main rank; None: the model's own is whole."""
+        ...
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -27,14 +80,59 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-class LocalEngine:
-    """One process: plain backward, clip, step. Also the base of the DDP engine."""
+def clip_and_step(params: list, optimizer, scheduler, max_grad_norm: float) -> float:
+    if max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
 
-    def __init__(self, model, optimizer, scheduler, save_limit: int = 2):
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.save_limit = save_limit
+
+def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+class WholeModel:
+    """Checkpoint pieces of a model every rank holds whole (one process, DDP): the main rank writes them and
+    every rank reads them back (the output folder is shared by the ranks)."""
+
+    def __init__(self, module: torch.nn.Module, optimizer):
+        self.module, self.optimizer = module, optimizer
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in trainable_parameters(self.module).items()}
+
+    def state(self) -> dict[str, torch.Tensor] | None:
+        if not dist.is_main():
+            return None
+        return {n: p.detach().cpu().clone() for n, p in trainable_parameters(self.module).items()}
+
+    def load(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        params = trainable_parameters(self.module)
+        with torch.no_grad():
+            for name, tensor in load_file(str(path)).items():
+                params[name].copy_(tensor)
+
+    def save_optimizer(self, folder: Path) -> None:
+        if dist.is_main():
+            torch.save(self.optimizer.state_dict(), folder / OPTIMIZER_FILE)
+
+    def load_optimizer(self, folder: Path) -> None:
+        # on the CPU first: load_state_dict moves each state to its parameter's device
+        self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False))
+
+
+class LocalEngine:
+    """One process: plain backward, clip, step."""
+
+    def __init__(self, model, optimizer, scheduler):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self._whole = WholeModel(model, optimizer)
 
     @property
     def unwrapped(self):
@@ -46,29 +144,70 @@ class LocalEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def trainable(self):
-        return [p for p in self.model.parameters() if p.requires_grad]
+    def step(self, max_grad_norm: float) -> float:
+        params = list(trainable_parameters(self.model).values())
+        return clip_and_step(params, self.optimizer, self.scheduler, max_grad_norm)
+
+    def trainable_shapes(self):
+        return self._whole.shapes()
+
+    def trainable_state(self):
+        return self._whole.state()
+
+    def load_trainable(self, path: Path) -> None:
+        self._whole.load(path)
+
+    def save_optimizer(self, folder: Path) -> None:
+        self._whole.save_optimizer(folder)
+
+    def load_optimizer(self, folder: Path) -> None:
+        self._whole.load_optimizer(folder)
+
+    def final_state(self):
+        return None
+
+
+class DDPEngine:
+    """torch DistributedDataParallel: every rank holds the whole model; gradients are all-reduced on the last
+    micro-batch only."""
+
+    def __init__(self, model, optimizer_factory, scheduler_factory):
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+        self.model = DistributedDataParallel(model, device_ids=device_ids)
+        self.optimizer = optimizer_factory(self.model.parameters())
+        self.scheduler = scheduler_factory(self.optimizer)
+        self._whole = WholeModel(model, self.optimizer)
+
+    @property
+    def unwrapped(self):
+        return self.model.module
+
+    def accumulate(self, last: bool):
+        return contextlib.nullcontext() if last else self.model.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
 
     def step(self, max_grad_norm: float) -> float:
-        params = self.trainable()
-        if max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        params = list(trainable_parameters(self.unwrapped).values())
+        return clip_and_step(params, self.optimizer, self.scheduler, max_grad_norm)
 
-    def save(self, output_dir, state, config: dict) -> None:
-        from . import dist
-        from .checkpoint import save_checkpoint
+    def trainable_shapes(self):
+        return self._whole.shapes()
 
-        if dist.is_main():
-            save_checkpoint(output_dir, self.unwrapped, self.optimizer, self.scheduler, state, config, self.save_limit)
-        dist.barrier()
+    def trainable_state(self):
+        return self._whole.state()
 
-    def load(self, path, config: dict):
-        from .checkpoint import load_checkpoint
+    def load_trainable(self, path: Path) -> None:
+        self._whole.load(path)
 
-        return load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler, config)
+    def save_optimizer(self, folder: Path) -> None:
+        self._whole.save_optimizer(folder)
+
+    def load_optimizer(self, folder: Path) -> None:
+        self._whole.load_optimizer(folder)
+
+    def final_state(self):
+        return None

@@ -1,5 +1,6 @@
-"""Multi-process training: the ``torchrun`` line ``mft-train launch`` builds, the worker it starts, the engine
-each worker uses, and the checks that refuse setups which would silently train on something else.
+"""Multi-process training: the ``torchrun`` line ``mft-train launch`` builds and the checks that refuse setups
+which would silently train on something else. The strategy reaches the workers in their config (``--set
+strategy=...``); :mod:`engines` turns it into an engine.
 
 Measured on CPU: ``accelerate launch --cpu --num_processes 2`` quietly starts ONE process, and accelerate's
 FSDP plugin is quietly ignored on CPU (plain DDP runs instead). ``torchrun`` with DDP, DeepSpeed ZeRO-2/3
@@ -8,7 +9,6 @@ FSDP plugin is quietly ignored on CPU (plain DDP runs instead). ``torchrun`` wit
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 from mft_core.errors import ConfigError
 
-from . import dist
-from .engine import LocalEngine
+from .config import strategy_problem
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
-STRATEGY_ENV = "MFT_STRATEGY"
-WORLD_ENV = "MFT_EXPECTED_WORLD_SIZE"
-OFFLOAD_ENV = "MFT_OFFLOAD"
+WORLD_ENV = "MFT_EXPECTED_WORLD_SIZE"  # lets a worker notice a launcher that started fewer processes
+# Shown in `mft-train launch --dry-run`'s line; nothing reads them (the strategy travels in --set strategy=).
+INFO_ENV = ("MFT_STRATEGY", "MFT_OFFLOAD")
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,15 @@ class LaunchConfig:
             raise ConfigError("need --nproc >= 1, --nnodes >= 1 and 0 <= --node-rank < --nnodes")
         if self.offload not in ("none", "optimizer", "params", "all"):
             raise ConfigError("--offload: none|optimizer|params|all")
-        if self.offload in ("params", "all") and self.strategy != "zero3":
-            raise ConfigError("parameter offload needs --strategy zero3")
+        problem = strategy_problem(self.strategy, self.offload)
+        if problem:
+            raise ConfigError(f"--offload {self.offload} with --strategy {self.strategy}: {problem}")
         if self.kind not in ("run", "sft", "pretrain"):
             raise ConfigError(f"--kind {self.kind!r}: use run, sft or pretrain")
+
+    def worker_sets(self) -> list[str]:
+        """The user's ``--set`` pairs, then the strategy (last, so the launcher's flags win over the YAML's)."""
+        return [*self.sets, f"strategy={self.strategy}", f"offload={self.offload}"]
 
 
 def torchrun_command(cfg: LaunchConfig) -> list[str]:
@@ -70,7 +74,7 @@ def torchrun_command(cfg: LaunchConfig) -> list[str]:
         "--kind",
         cfg.kind,
     ]
-    for s in cfg.sets:
+    for s in cfg.worker_sets():
         cmd += ["--set", s]
     return cmd
 
@@ -87,15 +91,14 @@ def accelerate_equivalent(cfg: LaunchConfig) -> str:
         f"accelerate launch {flags} --num_processes {cfg.nproc * cfg.nnodes} --num_machines {cfg.nnodes} "
         f"--machine_rank {cfg.node_rank} --main_process_ip {cfg.master_addr} --main_process_port {cfg.master_port} "
         f"-m mft_train.worker {shlex.quote(cfg.config)} --kind {cfg.kind}"
-        + "".join(f" --set {shlex.quote(s)}" for s in cfg.sets)
+        + "".join(f" --set {shlex.quote(s)}" for s in cfg.worker_sets())
     )
 
 
 def launch_env(cfg: LaunchConfig) -> dict[str, str]:
     env = dict(os.environ)
-    env[STRATEGY_ENV] = cfg.strategy
     env[WORLD_ENV] = str(cfg.nproc * cfg.nnodes)
-    env[OFFLOAD_ENV] = cfg.offload
+    env.update(zip(INFO_ENV, (cfg.strategy, cfg.offload)))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
     return env
 
@@ -121,73 +124,6 @@ def check_launch_environment(env: dict[str, str] | None = None, cuda: bool | Non
             f"expected {expected} processes but this one runs in a world of {actual}",
             fix="launch with `mft-train launch` (torchrun), not another launcher",
         )
-
-
-def init_distributed() -> None:
-    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); also for one process, so a sharded
-    strategy (FSDP, ZeRO) can run on a single GPU."""
-    if "RANK" not in os.environ or dist.initialized():
-        return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend=backend)
-
-
-def deepspeed_config(strategy: str, cfg, offload: str) -> dict:
-    """The shipped ZeRO config for ``strategy`` with this run's batch sizes, clipping, precision and offload."""
-    name = "zero2.json" if strategy == "zero2" else "zero3.json"
-    ds = json.loads(resources.files("mft_train").joinpath("strategies", name).read_text())
-    ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-    ds["gradient_accumulation_steps"] = cfg.grad_accum
-    ds["gradient_clipping"] = cfg.max_grad_norm
-    ds["bf16"] = {"enabled": bool(cfg.bf16)}
-    zero = ds["zero_optimization"]
-    if offload in ("optimizer", "all"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if offload in ("params", "all"):
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    return ds
-
-
-def make_engine(model, optimizer_factory, scheduler_factory, cfg):
-    """The engine for this process: plain when alone, else the strategy ``mft-train launch`` asked for."""
-    strategy = os.environ.get(STRATEGY_ENV, "ddp")
-    check_launch_environment()
-    if strategy not in ("zero2", "zero3", "fsdp") and not getattr(model, "is_loaded_in_4bit", False):
-        # DeepSpeed places the model itself, FSDP moves only its shards (after fully_shard), and a 4-bit model
-        # was loaded onto its device
-        model.to(_device())
-    if dist.world_size() == 1 and strategy not in ("zero2", "zero3", "fsdp"):
-        optimizer = optimizer_factory(model.parameters())
-        return LocalEngine(model, optimizer, scheduler_factory(optimizer), cfg.save_limit)
-    from .engines import DDPEngine, DeepSpeedEngine, FSDPEngine
-
-    if strategy == "ddp":
-        return DDPEngine(model, optimizer_factory, scheduler_factory, cfg.save_limit)
-    if strategy == "fsdp":
-        return FSDPEngine(model, optimizer_factory, scheduler_factory, cfg)
-    ds = deepspeed_config(strategy, cfg, os.environ.get(OFFLOAD_ENV, "none"))
-    return DeepSpeedEngine(model, optimizer_factory, scheduler_factory, cfg, int(strategy[-1]), ds)
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def zero3_loading(cfg):
-    """Under ZeRO-3, the model is loaded already partitioned (``deepspeed.zero.Init`` through transformers), not
-    whole on every rank. Returns the object that switches this on; keep it alive until the engine is built.
-
-    Not for QLoRA: transformers does not partition quantized models (bitsandbytes keeps whole 4-bit weights).
-    """
-    if os.environ.get(STRATEGY_ENV) != "zero3" or cfg.peft == "qlora":
-        return None
-    from transformers.integrations import HfDeepSpeedConfig
-
-    return HfDeepSpeedConfig(deepspeed_config("zero3", cfg, os.environ.get(OFFLOAD_ENV, "none")))
 
 
 def shipped_strategy_files() -> dict[str, Path]:

@@ -1,13 +1,13 @@
 """The training loop, top to bottom: plan a step, count its targets, accumulate exact gradients, update, log.
 
-Built from small parts: :mod:`batches` (which rows), :mod:`loss` (the maths), :mod:`checkpoint` (resume),
-:mod:`metrics` (logs), :mod:`engine` (single process, DDP, DeepSpeed, FSDP).
+Built from small parts: :mod:`batches` (which rows), :mod:`loss` (the maths), :mod:`objective` (which loss and
+task weights), :mod:`engine` (how gradients are synchronised and applied); logging, evaluation, balancing and
+checkpoints come in as :class:`Hooks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +17,9 @@ import torch
 from . import attention, dist
 from .batches import MicroBatch, Rows, collate, rank_micro_batches, step_rows, steps_per_epoch
 from .checkpoint import TrainState
-from .loss import StepCounts, count_targets, micro_batch_loss, per_target_loss, target_weights, task_sums
+from .engine import Engine
+from .loss import StepCounts, Targets, count_targets, micro_batch_loss, per_target_loss, target_weights, task_sums
+from .objective import Objective
 
 
 @dataclass
@@ -30,15 +32,14 @@ class StepResult:
     seconds: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoopParts:
     """What one run needs: the engine wraps model and optimizer; the rest is plain data."""
 
-    engine: object
+    engine: Engine
     rows: Rows
     tasks: tuple[str, ...]
-    task_weights: torch.Tensor
-    loss_mode: str
+    objective: Objective
     micro_batch_size: int
     grad_accum: int
     seed: int
@@ -46,7 +47,11 @@ class LoopParts:
     bf16: bool
     max_grad_norm: float
     total_steps: int
-    extra: dict = field(default_factory=dict)
+    # w_t of the next step: the objective's weights, replaced by the balancer's when they move
+    task_weights: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.task_weights = torch.tensor(self.objective.weights, dtype=torch.float64)
 
     @property
     def global_batch(self) -> int:
@@ -117,9 +122,9 @@ def train_step(parts: LoopParts, step: int) -> StepResult:
     for j, mb in enumerate(batches):
         with engine.accumulate(last=j == len(batches) - 1):
             logits = forward_logits(engine.model, mb, parts.bf16, supervised_only=True)
-            targets = _to(mb.targets, logits.device)
+            targets = to_device(mb.targets, logits.device)
             losses = per_target_loss(logits, targets)
-            weights = target_weights(parts.loss_mode, targets, counts, parts.task_weights).to(logits.device)
+            weights = target_weights(parts.objective.loss, targets, counts, parts.task_weights).to(logits.device)
             loss = micro_batch_loss(losses, weights)
             if mb.empty:
                 loss = loss + 0.0 * logits.sum()  # keeps every rank's backward in step
@@ -142,57 +147,17 @@ def train_step(parts: LoopParts, step: int) -> StepResult:
     )
 
 
-def _to(targets, device):
+def to_device(targets: Targets, device) -> Targets:
     if targets.labels.device == device:
         return targets
-    from .loss import Targets
-
     return Targets(targets.labels.to(device), targets.task_ids.to(device), targets.sample_ids.to(device))
-
-
-@torch.no_grad()
-def evaluate(
-    model,
-    rows: Rows,
-    tasks: tuple[str, ...],
-    micro_batch_size: int,
-    pad_id: int,
-    bf16: bool,
-    indices: list[int] | None = None,
-) -> dict[str, float | None]:
-    """Token-mean loss per task over the valid split, or over ``indices`` of it (rows sharded over ranks, sums
-    all-reduced, so every rank gets the same numbers)."""
-    was_training = model.training
-    model.eval()
-    n = len(tasks)
-    sums = torch.zeros(n, dtype=torch.float64)
-    counts = torch.zeros(n, dtype=torch.float64)
-    chosen = list(range(len(rows))) if indices is None else indices
-    mine = chosen[dist.rank() :: dist.world_size()]
-    per_rank = -(-len(chosen) // dist.world_size())  # the most any rank holds: every rank runs as many forwards
-    for start in range(0, max(per_rank, 1), micro_batch_size):  # (sharded engines gather weights in each one)
-        mb = collate(rows, mine[start : start + micro_batch_size], pad_id)
-        logits = forward_logits(model, mb, bf16, supervised_only=True)
-        targets = _to(mb.targets, logits.device)
-        s, c = task_sums(per_target_loss(logits, targets), targets, n)
-        sums += s.cpu()
-        counts += c.cpu()
-    dist.all_reduce_sum(sums)
-    dist.all_reduce_sum(counts)
-    model.train(was_training)
-    return {t: (sums[i] / counts[i]).item() if counts[i] > 0 else None for i, t in enumerate(tasks)}
-
-
-def mean_valid(task_loss: dict[str, float | None]) -> float:
-    values = [v for v in task_loss.values() if v is not None]
-    return sum(values) / len(values) if values else math.inf
 
 
 def total_steps_for(n_rows: int, global_batch: int, epochs: int, max_steps: int) -> int:
     return max_steps if max_steps > 0 else epochs * steps_per_epoch(n_rows, global_batch)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Hooks:
     """What the loop calls back into: logging, evaluation, checkpointing (kept out of the loop's body)."""
 
@@ -201,7 +166,6 @@ class Hooks:
     on_save: Callable[[TrainState], None]
     eval_every: int
     save_every: int
-    stop: Callable[[], bool] = lambda: False
     after_step: Callable[[TrainState], None] = lambda state: None  # e.g. convergence balancing
 
 
@@ -219,6 +183,4 @@ def run_loop(parts: LoopParts, state: TrainState, hooks: Hooks) -> TrainState:
             state.stopped_early = hooks.on_eval(state)
         if hooks.save_every and state.step % hooks.save_every == 0 and not last:
             hooks.on_save(state)
-        if hooks.stop():
-            break
     return state

@@ -10,8 +10,8 @@ from typing import Any
 class MetricsLog:
     """Appends one JSON line per logged step or eval; on resume, lines after the checkpoint's step are dropped."""
 
-    def __init__(self, output_dir: Path, tb_dir: Path | None, resume_step: int | None, enabled: bool = True):
-        self.path = output_dir / "metrics.jsonl"
+    def __init__(self, out: Path, tb_dir: Path | None, resume_step: int | None, enabled: bool = True):
+        self.path = out / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
         if not enabled:
@@ -83,7 +83,7 @@ def plot_loss_per_task(metrics_path: Path, out: Path, extra_panel: str | None = 
     ax.set_ylabel("loss (token mean per task)")
     ax.set_title("loss per task")
     ax.legend(fontsize=8)
-    if panels == 2:
+    if extra_panel and panels == 2:
         ax2 = axes[0][1]
         rows = [r for r in records if extra_panel in r]
         for i, task in enumerate(tasks):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from mft_core import artifacts
 from mft_core.artifacts import model_type_of, resolve_model_dir
 from mft_core.errors import ConfigError
 from mft_core.families import FAMILIES
@@ -16,9 +17,12 @@ from .config import TrainConfig
 
 
 def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
+    """:func:`mft_core.artifacts.load_tokenizer` (the one loader) followed by :func:`check_tokenizer`."""
+    return check_tokenizer(artifacts.load_tokenizer(model_dir), model_dir)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+def check_tokenizer(tokenizer, model_dir: Path):
+    """Training's checks on a loaded tokenizer: it has an EOS token; a pad token is chosen if it has none."""
     if tokenizer.eos_token is None:
         raise ConfigError(
             f"{model_dir}: the tokenizer has no EOS token, so the model could never learn to stop",
@@ -31,7 +35,7 @@ def load_tokenizer(model_dir: Path):
 
 def fallback_pad(tokenizer, model_dir: Path) -> str:
     """The family's pad policy (``unk`` for Llama-style tokenizers that have one, else EOS)."""
-    family = FAMILIES.get(model_type_of(model_dir))
+    family = FAMILIES.get(model_type_of(model_dir) or "")
     if family is not None and family.pad_policy == "unk" and tokenizer.unk_token is not None:
         return tokenizer.unk_token
     return tokenizer.eos_token

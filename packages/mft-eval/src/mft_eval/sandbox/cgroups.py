@@ -130,7 +130,7 @@ class Cgroups:
             available = f.read().split()
         if "pids" not in available:
             return
-        wanted = [c for c in ("pids", "memory") if c in available]
+        wanted: list[str] = [c for c in ("pids", "memory") if c in available]
         with open(os.path.join(base, "cgroup.subtree_control")) as f:
             enabled = f.read().split()
         if any(c not in enabled for c in wanted):

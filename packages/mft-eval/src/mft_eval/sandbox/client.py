@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from mft_core.errors import ConfigError, MFTError
 
@@ -159,7 +159,7 @@ class Sandbox:
         self._slots: list[_Slot] = []
         self._sel: selectors.BaseSelector | None = None
         self._cgroup_dirs: list[str] = []
-        self._stderr = None
+        self._stderr: IO[bytes] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------------------
     def __enter__(self) -> Sandbox:
@@ -201,7 +201,7 @@ class Sandbox:
                "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
         self._stderr = tempfile.TemporaryFile()  # the server speaks on stderr only on fatal errors
         try:
-            self._proc = subprocess.Popen(
+            self._proc = proc = subprocess.Popen(
                 [sys.executable, "-m", "mft_eval.sandbox.server"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -216,8 +216,9 @@ class Sandbox:
                     os.close(fd)
         self._slots = [_Slot(i, *fds) for i, fds in enumerate(ours)]
         try:
-            self._proc.stdin.write((json.dumps(first) + "\n").encode())
-            self._proc.stdin.close()
+            assert proc.stdin is not None  # stdin=PIPE
+            proc.stdin.write((json.dumps(first) + "\n").encode())
+            proc.stdin.close()
             ready = self._read_ready()
             self._cgroup_dirs = list(ready.get("cgroup", {}).get("dirs", []))
             if ready.get("fatal"):
@@ -233,24 +234,28 @@ class Sandbox:
             raise
 
     def _read_ready(self) -> dict:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None  # started with stdout=PIPE
         sel = selectors.DefaultSelector()
-        sel.register(self._proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(self.start_timeout_s):
             raise MFTError(f"sandbox server did not start within {self.start_timeout_s:.0f} s")
-        line = self._proc.stdout.readline()
+        line = proc.stdout.readline()
         sel.close()
         if not line:
-            self._proc.wait(timeout=10)
+            proc.wait(timeout=10)
             raise MFTError(f"sandbox server failed to start: {self._stderr_tail() or 'no output'}")
         return json.loads(line)
 
     def _await_hellos(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         waiting = {s.index for s in self._slots}
+        sel = self._sel
+        assert sel is not None  # made by start() before the slots are awaited
         while waiting:
             if time.monotonic() > deadline:
                 raise MFTError(f"sandbox slots {sorted(waiting)} did not start")
-            for key, _ in self._sel.select(1.0):
+            for key, _ in sel.select(1.0):
                 slot: _Slot = key.data
                 for msg in self._messages(slot):
                     if msg.get("event") == "hello":
@@ -373,6 +378,7 @@ class Sandbox:
             chunk = b""
         if not chunk:
             slot.alive = False
+            assert self._sel is not None  # slots are read only through the selector
             self._sel.unregister(slot.res_r)
             return []
         slot.buffer += chunk
@@ -386,10 +392,12 @@ class Sandbox:
         return out
 
     def _send(self, slot: _Slot, index: int, job: Job, in_process: bool) -> None:
-        external = job.judge is not None and not in_process
+        judge = None if in_process else job.judge
+        external = judge is not None
         program = job.in_process_program if in_process else job.program
-        spec = json.dumps({"id": index, **asdict(job.judge)}).encode() if external else b""
-        header = JobHeader(index, program, job.judge.entry_point if external else "", job.timeout,
+        assert program is not None  # in_process is asked only of jobs that have an in-process program
+        spec = json.dumps({"id": index, **asdict(judge)}).encode() if judge is not None else b""
+        header = JobHeader(index, program, judge.entry_point if judge is not None else "", job.timeout,
                            job.wall or wall_ceiling(job.timeout), len(spec))  # fmt: skip
         write_frame(slot.job_w, asdict(header))
         if external:

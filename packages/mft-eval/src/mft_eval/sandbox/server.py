@@ -100,6 +100,7 @@ def can_import_as(uid: int) -> bool:
             import importlib.util
 
             spec = importlib.util.find_spec("colorsys")
+            assert spec is not None and spec.origin is not None  # (a failure here is caught: not ok)
             with open(spec.origin, "rb") as f:
                 f.read(1)
             ok = True
@@ -122,7 +123,7 @@ def count_user_processes(uid: int) -> int:
     return n
 
 
-def prepare(cfg: ServerConfig) -> tuple[dict, Cgroups | None]:
+def prepare(cfg: ServerConfig) -> tuple[dict, Cgroups]:
     """Everything below the server: namespaces, the new root, uids, process limits. Returns the ``ready`` info."""
     strong = cfg.isolation == "auto"
     n = len(cfg.slots)

@@ -61,20 +61,21 @@ class Slot:
         self.cfg, self.env, self.cgroups = cfg, env, cgroups
         self.pid_namespace = os.getpid() == 1
         uids = env.get("uids")
-        self.uid, self.judge_uid = (uids[2 * index], uids[2 * index + 1]) if uids else (None, None)
+        self.uid: int | None = uids[2 * index] if uids else None
+        self.judge_uid: int | None = uids[2 * index + 1] if uids else None
         self.drop_caps = bool(env.get("user_namespace"))
         self.private_tmp = False
         self.keep_under_tmp: dict[str, int] = {}
         self.counter = 0
         self.judge_pid: int | None = None
-        self.judge_sock = None
+        self.judge_sock: socket.socket | None = None
         self._socketpair = socket.socketpair  # kept before the guard may replace it
 
     # -- once ----------------------------------------------------------------------------------------------------
     def prepare(self) -> dict:
         """What every program inherits: a clean environment, no_new_privs, the guard, stdlib-only imports, a
         /proc of this PID namespace, a frozen GC (so programs do not copy the slot's memory)."""
-        info = {"slot": self.index, "pid_namespace": self.pid_namespace}
+        info: dict = {"slot": self.index, "pid_namespace": self.pid_namespace}
         if self.pid_namespace and self.env.get("mount_namespace"):
             try:
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | 8, "hidepid=2")  # 8: noexec
@@ -191,11 +192,13 @@ class Slot:
         and return its CPU time so far (its share of this program is measured from there)."""
         if self.judge_pid is None or _cpu_seconds(self.judge_pid) is None:
             self._start_judge()
+        sock, pid = self.judge_sock, self.judge_pid
+        assert sock is not None and pid is not None  # set together by _start_judge
         ends = [pipes["calls"][1], pipes["replies"][0], pipes["verdict"][1]]
-        socket.send_fds(self.judge_sock, [str(job.id).encode()], ends)
+        socket.send_fds(sock, [str(job.id).encode()], ends)
         for fd in ends:
             os.close(fd)
-        return _cpu_seconds(self.judge_pid) or 0.0
+        return _cpu_seconds(pid) or 0.0
 
     def _start_judge(self) -> None:
         self._stop_judge()
@@ -217,6 +220,7 @@ class Slot:
                 os.waitpid(self.judge_pid, 0)
             except ChildProcessError:
                 pass  # already reaped
+        if self.judge_sock is not None:
             self.judge_sock.close()
         self.judge_pid = self.judge_sock = None
 
@@ -276,9 +280,9 @@ class Slot:
                 # CPU is read from /proc only once a program has run a while: before slow_after_s it cannot have
                 # used a limit's worth (and RLIMIT_CPU stands behind the candidate all along).
                 watch = now >= slow_at
-                if judge_done_at is None and (watch or late):
-                    cpu = _cpu_seconds(self.judge_pid)
-                    if cpu is not None:
+                if judge_done_at is None and (watch or late):  # then this program has a judge (judge_cpu0 set)
+                    cpu = _cpu_seconds(self.judge_pid) if self.judge_pid is not None else None
+                    if cpu is not None and judge_cpu0 is not None:
                         seen["cpu"]["judge"] = cpu - judge_cpu0
                     if cpu is None or seen["cpu"]["judge"] > job.cpu_s or late:
                         if seen["limit"] is None and cpu is not None:
@@ -408,11 +412,11 @@ class Slot:
             os.waitpid(pid, 0)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            victims = (set(self._cgroup_members()) | set(_descendants(os.getpid()))) - keep
-            for v in victims:
+            strays = (set(self._cgroup_members()) | set(_descendants(os.getpid()))) - keep
+            for v in strays:
                 _kill_quietly(v)
             reaped = self._reap_checking_judge()
-            if not victims and not reaped:
+            if not strays and not reaped:
                 return
             time.sleep(0.005)
 
@@ -426,7 +430,8 @@ class Slot:
             if got == 0:
                 return n
             if got == self.judge_pid:  # it died (killed by the memory limit, say): start another next time
-                self.judge_sock.close()
+                if self.judge_sock is not None:
+                    self.judge_sock.close()
                 self.judge_pid = self.judge_sock = None
             n += 1
 

@@ -1,0 +1,65 @@
+"""The loop's step hook: progress bar, and one metrics line per ``log_every`` steps (main rank writes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .checkpoint import TrainState
+from .loop import StepResult
+from .metrics import MetricsLog
+
+
+@dataclass(kw_only=True)
+class StepLogger:
+    log: MetricsLog
+    log_every: int
+    total_steps: int
+    lr: Callable[[], float]  # the learning rate of the step just taken
+    bar: object | None = None  # a rich Progress on the main rank, None elsewhere
+    bar_task: int | None = None
+
+    def on_step(self, state: TrainState, r: StepResult) -> None:
+        # the window lives in the state: a resumed run's first line averages the same steps as an uninterrupted one
+        state.log_window.append(
+            {
+                "loss": r.loss,
+                "task_loss": dict(r.task_loss),
+                "seconds": r.seconds,
+                "real_tokens": r.real_tokens,
+                "grad_norm": r.grad_norm,
+            }
+        )
+        for task, n in r.task_tokens.items():
+            state.task_tokens[task] = state.task_tokens.get(task, 0) + n
+        if self.bar is not None:
+            losses = " ".join(f"{t}={v:.3f}" for t, v in r.task_loss.items() if v is not None)
+            self.bar.update(
+                self.bar_task,
+                completed=state.step,
+                info=f"loss {r.loss:.4f} | {losses} | {r.real_tokens / max(r.seconds, 1e-9):,.0f} tok/s",
+            )
+        if state.step % max(self.log_every, 1) == 0 or state.step == self.total_steps:
+            window = state.log_window
+            seconds = sum(x["seconds"] for x in window)
+            self.log.log(
+                {
+                    "kind": "train",
+                    "step": state.step,
+                    "loss": sum(x["loss"] for x in window) / len(window),
+                    "task_loss": mean_task_loss(window),
+                    "lr": self.lr(),
+                    "grad_norm": window[-1]["grad_norm"],
+                    "tokens_per_s": sum(x["real_tokens"] for x in window) / max(seconds, 1e-9),
+                    "tokens_seen": state.tokens_seen,
+                }
+            )
+            state.log_window = []
+
+
+def mean_task_loss(window: list[dict]) -> dict[str, float | None]:
+    out = {}
+    for task in window[0]["task_loss"]:
+        values = [r["task_loss"][task] for r in window if r["task_loss"][task] is not None]
+        out[task] = sum(values) / len(values) if values else None
+    return out
