@@ -30,13 +30,6 @@ TOOLS = {
     "mft_eval": "mft-eval",
 }
 NO_CONFIG = {"version"}  # commands without settings (they take no parameter at all)
-# mft-train's CLI waits for field metadata in mft_train/config.py (being refactored separately); remove the mark
-# once `run`, `sft`, `pretrain`, `init-base` and `launch` are generated from their dataclasses
-PENDING = {"mft_train": "mft-train's configs have no opt() metadata yet (mft_train/config.py refactor)"}
-
-
-def _tool_params(tool: str):
-    return pytest.param(tool, marks=pytest.mark.xfail(strict=True, reason=PENDING[tool])) if tool in PENDING else tool
 
 
 def commands(package: str) -> dict:
@@ -50,7 +43,7 @@ def all_commands() -> list[tuple[str, str, typing.Any]]:
     return [(pkg, name, cmd) for pkg in TOOLS for name, cmd in commands(pkg).items()]
 
 
-@pytest.mark.parametrize("package", [_tool_params(t) for t in TOOLS])
+@pytest.mark.parametrize("package", list(TOOLS))
 def test_every_flag_yaml_key_and_fingerprint_key_comes_from_the_config_dataclass(package, tmp_path):
     exposed: dict[type, set[str]] = {}  # config class -> the fields some command of this tool has a flag for
     for name, cmd in commands(package).items():
@@ -92,7 +85,7 @@ def test_every_flag_yaml_key_and_fingerprint_key_comes_from_the_config_dataclass
         assert flagged == on_cli, f"{cls.__name__}: cli=True fields no command has a flag for: {on_cli - flagged}"
 
 
-@pytest.mark.parametrize("package", [_tool_params(t) for t in TOOLS])
+@pytest.mark.parametrize("package", list(TOOLS))
 def test_no_cli_module_declares_options_itself(package):
     source = (ROOT / "packages" / TOOLS[package] / "src" / package / "cli.py").read_text(encoding="utf-8")
     calls = [
@@ -106,9 +99,8 @@ def test_no_cli_module_declares_options_itself(package):
 
 
 def _string_constants() -> list[tuple[Path, str]]:
-    pending = {ROOT / "packages" / TOOLS[p] / "src" / p / "cli.py" for p in PENDING}  # still hand-written
     out = []
-    for path in sorted(set((ROOT / "packages").glob("*/src/**/*.py")) - pending):
+    for path in sorted((ROOT / "packages").glob("*/src/**/*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 out.append((path, node.value))
@@ -119,8 +111,6 @@ def test_each_help_text_is_written_once():
     constants = _string_constants()
     seen: dict[str, str] = {}
     for package, name, cmd in all_commands():
-        if package in PENDING:
-            continue
         for param in cmd.params:
             if param.help and param.help not in seen:
                 seen[param.help] = f"{TOOLS[package]} {name} {'/'.join(param.opts)}"

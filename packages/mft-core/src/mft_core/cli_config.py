@@ -144,7 +144,9 @@ def config_command(
         kw = inspect.Parameter.KEYWORD_ONLY
         if generic and config_argument is not None:
             config_param = inspect.Parameter(
-                CONFIG_PARAM, kw, annotation=_ANNOTATED[Path, typer.Argument(help=config_argument, show_default=False)]
+                CONFIG_PARAM,
+                kw,
+                annotation=_ANNOTATED[Path, typer.Argument(help=config_argument, metavar="config", show_default=False)],
             )
             params.insert(0, config_param)
         elif generic:

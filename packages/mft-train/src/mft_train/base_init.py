@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mft_core.config import opt, overwrite_opt
 from mft_core.families import get_family, get_preset
 from mft_core.manifest import atomic_output_dir, is_up_to_date, new_manifest
 from mft_core.templates import DEFAULT_CHAT_TEMPLATE
@@ -23,13 +24,13 @@ EOS, PAD, BOS = "<|endoftext|>", "<|pad|>", "<s>"
 
 @dataclass(frozen=True)
 class InitBaseConfig:
-    family: str = "llama"
-    preset: str = "tiny"
-    out: str = ""
-    seed: int = 0
-    tokenizer_corpus_mb: float = 4.0
-    vocab_size: int | None = None
-    overwrite: bool = False
+    out: str = opt("", help="Output model folder.", fingerprint=False, same_run=False)
+    family: str = opt("llama", help="Model family (HF model_type) from MFT's family table.")
+    preset: str = opt("tiny", help="Size preset: tiny|small|base.")
+    seed: int = opt(0, help="Seed of the random initialisation.")
+    tokenizer_corpus_mb: float = opt(4.0, help="MB of stdlib source the tokenizer is trained on.", cli=False)
+    vocab_size: int | None = opt(None, help="Tokenizer vocabulary (default from the preset).")
+    overwrite: bool = overwrite_opt()
 
     def __post_init__(self):
         from mft_core.errors import ConfigError

@@ -91,7 +91,7 @@ def prune_checkpoints(out: Path, save_limit: int) -> None:
 
 
 def config_diff(saved: dict, current: dict) -> list[str]:
-    """The settings that differ and would make a resume another run (``_same_result`` ones may differ)."""
+    """The settings that differ and would make a resume another run (``same_run=False`` ones may differ)."""
     keys = sorted((set(saved) | set(current)) & result_keys())
     return [
         f"{k}: checkpoint {saved.get(k)!r} != now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)

@@ -1,17 +1,18 @@
 """The one config of ``mft-train run|sft|pretrain`` (defaults < YAML < ``--set``). Key names are an API.
 
-Fields declared with :func:`_same_result` do not change what is trained (where it is written, how often it logs
+Every field is declared with :func:`mft_core.config.opt` (help text, flag, fingerprint); those declared with
+:func:`_same_result` do not change what is trained (where it is written, how often it logs
 or saves, whether it resumes): they are left out of the "up to date" fingerprint and may differ between a
 checkpoint and its resume. Every other field is part of the run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass
 from typing import Any, Literal
 
-from mft_core.config import config_to_dict
+from mft_core.config import fingerprint_config as _fingerprint_config
+from mft_core.config import opt, same_run_keys
 from mft_core.errors import ConfigError
 
 Loss = Literal["auto", "token", "sample", "task", "task-sample"]  # auto: task with several tasks, else token
@@ -29,72 +30,89 @@ LEGACY_LOSS_MODES: dict[str, tuple[str, str]] = {
     "coba": ("task", "coba"),
     "selfpaced": ("task", "selfpaced"),
 }
-FINGERPRINT = "fingerprint"  # field metadata: False for a setting that does not change the result
 
 
-def _same_result(default: Any) -> Any:
-    return field(default=default, metadata={FINGERPRINT: False})
+def _yaml(default: Any, help: str) -> Any:
+    """A key of the YAML file (and ``--set``), with no flag of its own."""
+    return opt(default, help=help, cli=False)
+
+
+def _same_result(default: Any, help: str, cli: bool = False) -> Any:
+    """A setting that does not change what is trained: not fingerprinted, and may change on resume."""
+    return opt(default, help=help, fingerprint=False, same_run=False, cli=cli)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; stored resolved in the manifest and every checkpoint."""
 
-    model: str = ""
-    data: str = ""
-    out: str = _same_result("")  # where the run is written does not change it
+    model: str = opt("", help="Base model folder (an mft-train init-base or Hugging Face model) to train from.")
+    data: str = opt(
+        "", help="Training data: an mft-data tokenize or format folder (pretrain: raw text/code files or folders)."
+    )
+    out: str = _same_result("", "Output folder of the run (the model lands in OUT/model).", cli=True)
     # adaptation
-    peft: Literal["lora", "qlora", "none"] = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ()  # empty: the family table's default; ("all-linear",) allowed
-    use_dora: bool = False
-    use_rslora: bool = False
+    peft: Literal["lora", "qlora", "none"] = _yaml("lora", "lora | qlora | none (full fine-tuning).")
+    lora_r: int = _yaml(16, "LoRA rank.")
+    lora_alpha: int = _yaml(32, "LoRA alpha (scale alpha/r, or alpha/sqrt(r) with use_rslora).")
+    lora_dropout: float = _yaml(0.05, "Dropout on the LoRA branch, in [0, 1).")
+    target_modules: tuple[str, ...] = _yaml(
+        (), "Modules LoRA adapts (empty: the family table's default; all-linear allowed)."
+    )
+    use_dora: bool = _yaml(False, "Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = _yaml(False, "Rank-stabilised LoRA scaling (alpha/sqrt(r)).")
     # optimisation
-    optimizer: Literal["adamw", "sgd", "adamw_8bit"] = "adamw"
-    weight_decay: float = 0.0
-    lr: float = 2e-4
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = 1.0
-    epochs: int = 1
-    max_steps: int = 0  # > 0 overrides epochs
-    micro_batch_size: int = 4
-    grad_accum: int = 1
-    seq_len: int = 2048
+    optimizer: Literal["adamw", "sgd", "adamw_8bit"] = _yaml("adamw", "adamw | sgd | adamw_8bit.")
+    weight_decay: float = _yaml(0.0, "Optimizer weight decay.")
+    lr: float = _yaml(2e-4, "Peak learning rate.")
+    min_lr: float = _yaml(0.0, "Learning rate the schedule decays to (<= lr).")
+    warmup_steps: int = _yaml(0, "Optimizer steps of linear warmup.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = _yaml("cosine", "cosine | linear | constant (after warmup).")
+    max_grad_norm: float = _yaml(1.0, "Gradient clipping norm.")
+    epochs: int = _yaml(1, "Passes over the training split.")
+    max_steps: int = _yaml(0, "Optimizer steps to run; > 0 overrides epochs.")
+    micro_batch_size: int = _yaml(4, "Rows per forward/backward pass.")
+    grad_accum: int = _yaml(1, "Micro-batches per optimizer step.")
+    seq_len: int = _yaml(2048, "Tokens per row (packed records or padded samples).")
     # numerics and speed
-    bf16: bool = False
-    grad_checkpointing: bool = False
+    bf16: bool = _yaml(False, "Train in bfloat16 autocast.")
+    grad_checkpointing: bool = _yaml(False, "Recompute activations in backward to save memory.")
     # sdpa: torch SDPA, once per packed record where the family allows (else one masked call); sdpa_masked: always
     # one masked call per row; eager; flash_attention_2 (GPU, when installed)
-    attn_implementation: Literal["sdpa", "sdpa_masked", "eager", "flash_attention_2"] = "sdpa"
-    compile: bool = False
-    seed: int = 42
+    attn_implementation: Literal["sdpa", "sdpa_masked", "eager", "flash_attention_2"] = _yaml(
+        "sdpa", "Attention kernel: sdpa | sdpa_masked | eager | flash_attention_2."
+    )
+    compile: bool = _yaml(False, "torch.compile the model.")
+    seed: int = _yaml(42, "Seed of data order, dropout and LoRA initialisation.")
     # processes: `mft-train launch --strategy` sets these for its workers; local is one process
-    strategy: Strategy = "local"
-    offload: Offload = "none"  # DeepSpeed state in CPU memory: optimizer (zero2, zero3), params or all (zero3)
+    strategy: Strategy = _yaml("local", "local | ddp | zero2 | zero3 | fsdp (set by mft-train launch).")
+    offload: Offload = _yaml(
+        "none", "DeepSpeed state in CPU memory: none | optimizer (zero2, zero3) | params | all (zero3)."
+    )
     # evaluation, logging, checkpoints
-    eval_every: int = 0  # steps; 0: only at the end (when a valid split exists)
-    save_every: int = _same_result(0)  # steps; 0: only the final output
-    log_every: int = _same_result(10)
-    save_limit: int = _same_result(2)
-    early_stop_patience: int = 0  # evals without improvement of the mean valid loss; 0: off
+    eval_every: int = _yaml(0, "Steps between validation passes; 0: only at the end (when a valid split exists).")
+    save_every: int = _same_result(0, "Steps between checkpoints; 0: only the final output.")
+    log_every: int = _same_result(10, "Steps between log lines.")
+    save_limit: int = _same_result(2, "Checkpoints kept (older ones are deleted; 0: all).")
+    early_stop_patience: int = _yaml(0, "Evaluations without a better mean valid loss before stopping; 0: off.")
     # multi-task loss (loss.py) and how its task weights are set: static (task_weights, default 1.0 each) or moved
     # during training from validation-loss slopes (balance.py)
-    loss: Loss = "auto"
-    task_weighting: TaskWeighting = "static"
-    task_weights: dict[str, float] = field(default_factory=dict)
-    coba_update_interval: int = 1  # optimizer steps between weight updates
-    coba_sample_valid_num: int = 1  # valid micro-batches in the fixed set L(0) and every update are measured on
-    coba_warmup_steps: int = 100  # updates with equal weights before the first fit
-    coba_history_length: int = 200  # updates in the slope window
-    coba_tau: float = 5.0  # divergence-factor temperature
-    selfpaced_scale: float = 50.0  # self-paced softmax scale
-    tb_dir: str = _same_result("")  # default: OUT/tb
-    resume: str = _same_result("none")  # auto | none | path to a checkpoint-N folder
-    text_max_mb: float = 0.0  # pretrain only: read at most this many MB of the raw files (0: all)
+    loss: Loss = _yaml("auto", "auto | token | sample | task | task-sample (auto: task if several tasks, else token).")
+    task_weighting: TaskWeighting = _yaml("static", "static (task_weights) | selfpaced | coba.")
+    task_weights: dict[str, float] = opt(
+        help="Static weight per task name (default 1.0 each).", cli=False, default_factory=dict
+    )
+    coba_update_interval: int = _yaml(1, "CoBa: optimizer steps between weight updates.")
+    coba_sample_valid_num: int = _yaml(1, "CoBa: valid micro-batches the fixed set and every update are measured on.")
+    coba_warmup_steps: int = _yaml(100, "CoBa: updates with equal weights before the first fit.")
+    coba_history_length: int = _yaml(200, "CoBa: updates in the slope window.")
+    coba_tau: float = _yaml(5.0, "CoBa: divergence-factor temperature.")
+    selfpaced_scale: float = _yaml(50.0, "Self-paced softmax scale.")
+    tb_dir: str = _same_result("", "TensorBoard folder (default: OUT/tb).")
+    resume: str = _same_result("none", "auto | none | path to a checkpoint-N folder.")
+    text_max_mb: float = opt(
+        0.0, help="Pretrain: read at most this many MB of the raw files, in sorted order (0: all).", flag="--max-mb"
+    )
     # old spellings, read once into the fields above (not fields: never written back, never fingerprinted)
     loss_mode: InitVar[str | None] = None
     output_dir: InitVar[str | None] = None
@@ -171,14 +189,52 @@ def strategy_problem(strategy: str, offload: str) -> str | None:
 
 
 def result_keys() -> frozenset[str]:
-    """The settings that change what is trained: fingerprinted, and compared on resume."""
-    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get(FINGERPRINT, True))
+    """The settings that change what is trained: compared on resume (and fingerprinted, see below)."""
+    return frozenset(same_run_keys(TrainConfig))
 
 
 def fingerprint_config(cfg: TrainConfig) -> dict[str, Any]:
     """The config a finished run's manifest records and is recognised by ("up to date")."""
-    keys = result_keys()
-    return {k: v for k, v in config_to_dict(cfg).items() if k in keys}
+    return _fingerprint_config(cfg)
+
+
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")  # what `mft-train launch --strategy` starts (local: no launcher)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """``mft-train launch``: the torchrun line (see :mod:`mft_train.launch`, which imports torch)."""
+
+    config: str = opt(help="YAML config, as for `run`.", positional=True)
+    nproc: int = opt(1, help="Processes per node (one per GPU; on CPU, a few).")
+    strategy: str = opt("ddp", help="ddp | zero2 | zero3 | fsdp (FSDP2 fully_shard).")
+    nnodes: int = opt(1, help="Number of nodes.")
+    node_rank: int = opt(0, help="This node's rank (0 .. nnodes-1).")
+    master_addr: str = opt("127.0.0.1", help="Address of node 0.")
+    master_port: int = opt(29500, help="Port on node 0.")
+    offload: str = opt("none", help="DeepSpeed offload to CPU: none | optimizer | params | all (zero3).")
+    kind: str = opt("run", help="run | sft | pretrain: which command's defaults (pretrain: data= raw files).")
+    sets: tuple[str, ...] = opt(
+        (), help="Override a config key of the workers: --set lr=1e-4 (repeatable).", flag="--set", repeat=True
+    )
+    dry_run: bool = opt(False, help="Print the torchrun (and accelerate) line, run nothing.")
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.nproc < 1 or self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError("need --nproc >= 1, --nnodes >= 1 and 0 <= --node-rank < --nnodes")
+        if self.offload not in ("none", "optimizer", "params", "all"):
+            raise ConfigError("--offload: none|optimizer|params|all")
+        problem = strategy_problem(self.strategy, self.offload)
+        if problem:
+            raise ConfigError(f"--offload {self.offload} with --strategy {self.strategy}: {problem}")
+        if self.kind not in ("run", "sft", "pretrain"):
+            raise ConfigError(f"--kind {self.kind!r}: use run, sft or pretrain")
+
+    def worker_sets(self) -> list[str]:
+        """The user's ``--set`` pairs, then the strategy (last, so the launcher's flags win over the YAML's)."""
+        return [*self.sets, f"strategy={self.strategy}", f"offload={self.offload}"]
 
 
 def _deprecated(message: str) -> None:

@@ -12,50 +12,17 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 from mft_core.errors import ConfigError
 
-from .config import strategy_problem
+from .config import LaunchConfig  # (torch-free, for the CLI)
 
-STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
 WORLD_ENV = "MFT_EXPECTED_WORLD_SIZE"  # lets a worker notice a launcher that started fewer processes
 # Shown in `mft-train launch --dry-run`'s line; nothing reads them (the strategy travels in --set strategy=).
 INFO_ENV = ("MFT_STRATEGY", "MFT_OFFLOAD")
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    config: str
-    strategy: str = "ddp"
-    nproc: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    offload: str = "none"  # zero2: optimizer; zero3: optimizer|params|all
-    kind: str = "run"  # run | sft | pretrain (each command's defaults, see config.KIND_DEFAULTS)
-    sets: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"--strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
-        if self.nproc < 1 or self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
-            raise ConfigError("need --nproc >= 1, --nnodes >= 1 and 0 <= --node-rank < --nnodes")
-        if self.offload not in ("none", "optimizer", "params", "all"):
-            raise ConfigError("--offload: none|optimizer|params|all")
-        problem = strategy_problem(self.strategy, self.offload)
-        if problem:
-            raise ConfigError(f"--offload {self.offload} with --strategy {self.strategy}: {problem}")
-        if self.kind not in ("run", "sft", "pretrain"):
-            raise ConfigError(f"--kind {self.kind!r}: use run, sft or pretrain")
-
-    def worker_sets(self) -> list[str]:
-        """The user's ``--set`` pairs, then the strategy (last, so the launcher's flags win over the YAML's)."""
-        return [*self.sets, f"strategy={self.strategy}", f"offload={self.offload}"]
 
 
 def torchrun_command(cfg: LaunchConfig) -> list[str]:
