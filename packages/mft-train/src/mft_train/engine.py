@@ -1,5 +1,5 @@
 """What the loop and the checkpointer ask of a training engine, and the two engines that keep the whole model on
-every process: :class:`LocalEngine` (one process) and :class:`DDPEngine`.
+every process: :class:`LocalEngine` (one process, or DDP through :func:`ddp_engine`).
 
 The sharded engines live in :mod:`engine_zero` (DeepSpeed ZeRO-2/3) and :mod:`engine_fsdp` (FSDP2);
 :func:`mft_train.engines.make_engine` picks one from ``cfg.strategy``. Every engine *averages* gradients over
@@ -128,24 +128,27 @@ class WholeModel:
 
 
 class LocalEngine:
-    """One process: plain backward, clip, step."""
+    """The whole model on every process: one process (plain backward, clip, step) or, with ``ddp`` (a
+    DistributedDataParallel wrapper of ``model``), gradients all-reduced on the last micro-batch only."""
 
-    def __init__(self, model, optimizer, scheduler):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+    def __init__(self, model, optimizer, scheduler, ddp=None):
+        self.model = ddp if ddp is not None else model  # what the forward runs on
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self._module, self._ddp = model, ddp
         self._whole = WholeModel(model, optimizer)
 
     @property
     def unwrapped(self):
-        return self.model
+        return self._module
 
     def accumulate(self, last: bool):
-        return contextlib.nullcontext()
+        return contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self, max_grad_norm: float) -> float:
-        params = list(trainable_parameters(self.model).values())
+        params = list(trainable_parameters(self._module).values())
         return clip_and_step(params, self.optimizer, self.scheduler, max_grad_norm)
 
     def trainable_shapes(self):
@@ -167,47 +170,11 @@ class LocalEngine:
         return None
 
 
-class DDPEngine:
-    """torch DistributedDataParallel: every rank holds the whole model; gradients are all-reduced on the last
-    micro-batch only."""
+def ddp_engine(model, optimizer_factory, scheduler_factory) -> LocalEngine:
+    """torch DistributedDataParallel: every rank holds the whole model (a :class:`LocalEngine` around DDP)."""
+    from torch.nn.parallel import DistributedDataParallel
 
-    def __init__(self, model, optimizer_factory, scheduler_factory):
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
-        self.model = DistributedDataParallel(model, device_ids=device_ids)
-        self.optimizer = optimizer_factory(self.model.parameters())
-        self.scheduler = scheduler_factory(self.optimizer)
-        self._whole = WholeModel(model, self.optimizer)
-
-    @property
-    def unwrapped(self):
-        return self.model.module
-
-    def accumulate(self, last: bool):
-        return contextlib.nullcontext() if last else self.model.no_sync()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self, max_grad_norm: float) -> float:
-        params = list(trainable_parameters(self.unwrapped).values())
-        return clip_and_step(params, self.optimizer, self.scheduler, max_grad_norm)
-
-    def trainable_shapes(self):
-        return self._whole.shapes()
-
-    def trainable_state(self):
-        return self._whole.state()
-
-    def load_trainable(self, path: Path) -> None:
-        self._whole.load(path)
-
-    def save_optimizer(self, folder: Path) -> None:
-        self._whole.save_optimizer(folder)
-
-    def load_optimizer(self, folder: Path) -> None:
-        self._whole.load_optimizer(folder)
-
-    def final_state(self):
-        return None
+    device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+    wrapped = DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = optimizer_factory(wrapped.parameters())
+    return LocalEngine(model, optimizer, scheduler_factory(optimizer), ddp=wrapped)

@@ -8,7 +8,7 @@ from mft_core.errors import ConfigError
 
 from . import dist
 from .config import TrainConfig
-from .engine import DDPEngine, Engine, LocalEngine
+from .engine import Engine, LocalEngine, ddp_engine
 from .engine_fsdp import FSDPEngine
 from .engine_zero import DeepSpeedEngine, deepspeed_config
 
@@ -38,7 +38,7 @@ def make_engine(
         optimizer = optimizer_factory(model.parameters())
         return LocalEngine(model, optimizer, scheduler_factory(optimizer))
     if strategy == "ddp":
-        return DDPEngine(model, optimizer_factory, scheduler_factory)
+        return ddp_engine(model, optimizer_factory, scheduler_factory)
     if strategy == "fsdp":
         return FSDPEngine(model, optimizer_factory, scheduler_factory, bf16=cfg.bf16)
     return DeepSpeedEngine(model, optimizer_factory, scheduler_factory, int(strategy[-1]), deepspeed_config(cfg))
