@@ -75,7 +75,8 @@ def hostile_run(tmp_path_factory):
     me = os.getpid()
     programs = {
         "memory_bomb": ("x = bytearray(64 * 1024**3)", TIMEOUT),
-        "memory_growth": ("a = []\nwhile True:\n    a.append(bytearray(64 * 1024**2))", 15.0),
+        # Generous: on a VM that backs guest memory lazily (as CI's does), first-touched pages fault in at ~60 MB/s.
+        "memory_growth": ("a = []\nwhile True:\n    a.append(bytearray(64 * 1024**2))", 30.0),
         "infinite_loop": ("while True:\n    pass", TIMEOUT),
         "delete_files": (
             f"import ctypes\nlibc = ctypes.CDLL(None)\nlibc.unlink({str(victim)!r}.encode())\n"
@@ -113,7 +114,9 @@ def hostile_run(tmp_path_factory):
             TIMEOUT,
         ),
     }
-    with Sandbox(workers=2) as box:
+    # 1 GB per process (2 GB per slot's cgroup): what is tested is that the bounds hold, not their size, and less
+    # memory to touch keeps the memory programs quick where fresh pages are slow to fault in.
+    with Sandbox(workers=2, limits=Limits(memory_mb=1024)) as box:
         info = box.info
         bounded = info["pid_namespace"] and info["processes_bounded"]
         if bounded:  # never without both: see the module docstring
@@ -125,7 +128,7 @@ def hostile_run(tmp_path_factory):
         if "memory" in info["cgroup_controllers"]:
             programs["fork_memory"] = (
                 "import ctypes, time\nlibc = ctypes.CDLL(None)\nfor i in range(40):\n"
-                "    if libc.fork() == 0:\n        b = bytearray(1500 * 1024**2)\n"
+                "    if libc.fork() == 0:\n        b = bytearray(700 * 1024**2)\n"
                 "        time.sleep(30)\n        break\ntime.sleep(30)",
                 TIMEOUT,
             )
@@ -190,8 +193,8 @@ def test_host_and_evaluator_unharmed(hostile_run):
 
 
 def test_run_is_bounded_and_output_capped(hostile_run):
-    # 14 programs on 4 slots: the slowest waits ~2 rounds of timeout + grace; memory growth gets 15 s.
-    assert hostile_run["elapsed"] < 40, hostile_run["elapsed"]
+    # 14 programs on 4 slots: the slowest waits ~2 rounds of timeout + grace; memory growth gets up to 30 s.
+    assert hostile_run["elapsed"] < 60, hostile_run["elapsed"]
     flood = hostile_run["results"]["flood_stdout"]
     assert flood.output is not None and len(flood.output) == Limits().output_bytes
     # Limits are CPU seconds (so a busy machine does not decide a verdict); the wall clock is only a backstop.
