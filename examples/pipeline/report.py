@@ -87,7 +87,11 @@ def write_report(run: Path, timings: dict[str, float], model: str | None = None)
         "",
         f"{v.get('check')} check: max |Δ| {v.get('max_abs_diff', float('nan')):.2e} "
         f"(tolerance {v.get('tolerance')}), greedy agreement {v.get('token_agreement')}, "
-        f"passed: **{v.get('passed')}** ({v.get('prompts')} prompts from {v.get('prompt_source')}).",
+        f"passed: **{v.get('passed')}** ({v.get('prompts')} prompts from {v.get('prompt_source')})."
+        if v.get("check") == "logits"
+        else f"{v.get('check')} check: {v.get('tensors_checked')} changed tensors against PEFT's own merge of each, "
+        f"max difference {v.get('max_abs_diff', float('nan')):g} eps (tolerance {v.get('tolerance')}; 0 is bit for "
+        f"bit), config builds the written model: passed **{v.get('passed')}**.",
     ]
     q = quant.get("quality", {})
     lines += [

@@ -62,7 +62,7 @@ def test_merged_logits_equal_adapter_logits(make_base, tmp_path, family):
     base = make_base(family)
     adapter = make_adapter(base, tmp_path / "adapter")
     result = merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "merged"), dtype="fp32"))
-    assert result.summary["verification"]["passed"] and result.summary["verification"]["check"] == "logits"
+    assert result.summary["verification"]["passed"] and result.summary["verification"]["check"] == "layers"  # auto
     assert torch.allclose(merged_logits(tmp_path / "merged"), adapter_logits(base, adapter), atol=1e-5)
     files = {p.name for p in (tmp_path / "merged").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "manifest.json"} <= files
@@ -199,7 +199,7 @@ def test_nf4_roundtrip_equals_the_weights_qlora_really_trains_on(llama_base):
 
 def test_bf16_output_is_verified_with_bf16_tolerance(llama_base, tmp_path):
     adapter = make_adapter(llama_base, tmp_path / "adapter")
-    result = merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="bf16"))
+    result = merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="bf16", verify="logits"))
     v = result.summary["verification"]
     assert result.summary["dtype"] == "bfloat16" and v["passed"] and v["tolerance"] == 0.5
     assert v["token_agreement"] >= 0.8 and v["max_abs_diff"] < 0.1
@@ -208,11 +208,11 @@ def test_bf16_output_is_verified_with_bf16_tolerance(llama_base, tmp_path):
 
 @pytest.mark.parametrize("check,factor", [("logits", 1.01), ("layers", 1.001)])
 def test_verification_catches_a_wrong_merge(llama_base, tmp_path, monkeypatch, check, factor):
-    import mft_merge.merge as M
+    import mft_merge.stream as S
 
     adapter = make_adapter(llama_base, tmp_path / "adapter")
-    real = M.merge_linear
-    monkeypatch.setattr(M, "merge_linear", lambda *a, **k: real(*a, **k) * factor)
+    real = S.add_lora_
+    monkeypatch.setattr(S, "add_lora_", lambda *a, **k: real(*a, **k).mul_(factor))
     with pytest.raises(Exception, match=f"verification \\({check}\\) failed"):
         merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="fp32", verify=check))
     assert not (tmp_path / "m").exists()
@@ -260,15 +260,15 @@ def test_killed_merge_leaves_no_manifest(llama_base, tmp_path):
     adapter = make_adapter(llama_base, tmp_path / "adapter")
     script = textwrap.dedent(f"""
         import os, signal, sys
-        import mft_merge.merge as M
-        real = M.merged_tensor
+        import mft_merge.safetensors_io as io
+        real = io.StreamingWriter.write
         count = [0]
         def slow(*a, **k):
             count[0] += 1
             if count[0] == 5:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*a, **k)
-        M.merged_tensor = slow
+        io.StreamingWriter.write = slow
         from mft_merge.cli import main
         sys.argv = ["mft-merge", {str(adapter)!r}, "--out", {str(tmp_path / "m")!r}]
         main()
@@ -289,7 +289,7 @@ def test_merge_from_mft_train_output(llama_base, llama_tok, tmp_path):
 
     out = tmp_path / "run"
     train(train_config(llama_base, llama_tok, out, max_steps=3, eval_every=0))
-    res = CliRunner().invoke(app, [str(out), "--out", str(tmp_path / "m"), "--dtype", "fp32"])
+    res = CliRunner().invoke(app, [str(out), "--out", str(tmp_path / "m"), "--dtype", "fp32", "--verify", "logits"])
     assert res.exit_code == 0, res.output
     manifest = read_manifest(tmp_path / "m", "merged-model")
     assert manifest.summary["verification"]["prompt_source"].startswith("valid split")

@@ -129,11 +129,11 @@ def test_mft_train_dora_embedding_adapter_equals_merge_and_unload(llama_base, ll
 
 
 def test_layers_check_catches_dora_embedding_merged_without_magnitude(llama_base, tmp_path, monkeypatch):
-    import mft_merge.merge as M
+    import mft_merge.stream as S
 
     adapter = stock_adapter(llama_base, tmp_path / "adapter", **LLAMA_DORA_EMBED)
-    real = M.merge_embedding
-    monkeypatch.setattr(M, "merge_embedding", lambda e, a, b, scale, *_, **__: real(e, a, b, scale))
+    real = S.merge_embedding
+    monkeypatch.setattr(S, "merge_embedding", lambda e, a, b, scale, *_, **__: real(e, a, b, scale))
     with pytest.raises(Exception, match="verification \\(layers\\) failed"):
         merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), dtype="fp32", verify="layers"))
     assert not (tmp_path / "m").exists()

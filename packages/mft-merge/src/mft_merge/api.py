@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,15 @@ from mft_core.artifacts import (
 from mft_core.config import fingerprint_config
 from mft_core.errors import ConfigError, ContractError, QualityGateError
 from mft_core.manifest import InputRef, atomic_output_dir, has_manifest, is_up_to_date, new_manifest, read_manifest
-from mft_core.ui import info, warn
+from mft_core.ui import info
 
 from . import __version__
 from .adapter import load_adapter
 from .config import MergeConfig
-from .merge import base_entries, output_dtype, parse_size, plan_merge, write_shards, write_side_files
-from .verify import prompts_from_data, verify_layers, verify_logits
+from .layer_check import BackgroundCheck
+from .merge import base_entries, output_dtype, parse_size, plan_merge, write_side_files
+from .stream import write_shards
+from .verify import prompts_from_data, verify_logits
 
 
 @dataclass
@@ -111,14 +112,19 @@ def merge(cfg: MergeConfig) -> MergeResult:
     plan = plan_merge(adapter, base, dtype, parse_size(cfg.max_shard_size), cfg.simulate_nf4)
     check = choose_check(cfg.verify, base)
     with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as staging:
-        write_shards(plan, adapter, staging.path)
-        write_side_files(plan, base, adapter, staging.path, dtype)
-        verification = None
+        # checked shard by shard, on a thread of its own, as the merge writes them. That thread builds PEFT's model
+        # (which patches nn.Module process-wide for a moment): nothing here builds a module until it is joined.
+        layers = BackgroundCheck(base, adapter.path, plan) if check == "layers" else None
+        try:
+            write_shards(plan, adapter, staging.path, on_shard=layers and layers.shard_written)
+            write_side_files(plan, base, adapter, staging.path, dtype)
+            verification = layers.result(staging.path) if layers else None
+        finally:
+            if layers:
+                layers.close()
         if check == "logits":
             prompts, source = prompts_from_data(train_output, load_tokenizer(staging.path), cfg.prompts)
             verification = verify_logits(base, adapter, staging.path, dtype, prompts, source, cfg.new_tokens, plan)
-        elif check == "layers":
-            verification = verify_layers(base, adapter, staging.path, plan)
         summary = {
             "base_model": str(base.resolve()),
             "adapter": str(adapter_dir.resolve()),
@@ -147,18 +153,9 @@ def merge(cfg: MergeConfig) -> MergeResult:
 
 
 def choose_check(verify: str, base: Path) -> str | None:
-    """``auto``: logits when two fp32 copies fit comfortably in memory, else weight by weight."""
+    """``auto`` is the layers check: every changed weight equal to PEFT's own merge of it (bit for bit for LoRA) and
+    the folder's config building a model with exactly its tensors, at a fraction of the merge's cost and in about
+    one tensor's memory. The logits check (both models loaded) is there on request."""
     if verify == "none":
         return None
-    if verify != "auto":
-        return verify
-    weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        available = 8 << 30
-    needed = 2 * weights * 2  # two models, up to twice the bytes when a 16-bit base is loaded in fp32
-    if needed > available // 2:
-        warn("the model is too large to load twice here: verifying weight by weight instead of by logits")
-        return "layers"
-    return "logits"
+    return "layers" if verify == "auto" else verify

@@ -21,7 +21,7 @@ class MergeConfig:
     max_shard_size: str = opt("5GB", help="Largest output shard, e.g. 5GB, 500MB.")
     verify: Literal["auto", "logits", "layers", "none"] = opt(
         "auto",
-        help="auto|logits|layers|none (auto: logits if two copies fit in memory).",
+        help="auto|logits|layers|none (auto: layers, each changed weight against PEFT's own merge of it).",
         aliases={"--no-verify": ("none", "Skip verification (same as --verify none).")},
     )
     simulate_nf4: bool = opt(False, help="Round base weights through nf4 first, as a QLoRA adapter saw them.")

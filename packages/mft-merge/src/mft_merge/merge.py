@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,7 @@ from mft_core.artifacts import load_tokenizer
 from mft_core.errors import ConfigError, ContractError
 
 from .adapter import Adapter, ModuleLoRA
-from .ops import merge_embedding, merge_linear, nf4_roundtrip
-from .safetensors_io import Entry, StreamingWriter, read_header, read_tensor, tensor_nbytes
+from .safetensors_io import Entry, read_header, tensor_nbytes
 
 OUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENIZER_FILES = (
@@ -121,11 +121,16 @@ def conv1d_modules(model_dir: Path) -> set[str] | None:
     return {n for n, m in meta.named_modules() if isinstance(m, Conv1D)}
 
 
+# init_empty_weights patches nn.Module for the whole process while it is open: two threads in it at once (the
+# layers check builds its model on its own thread) would leave the patch in place for good
+_META_LOCK = threading.Lock()
+
+
 def _meta_model(model_dir: Path):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with init_empty_weights():
+    with _META_LOCK, init_empty_weights():
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
 
 
@@ -240,57 +245,6 @@ def shard_names(count: int) -> list[str]:
     if count == 1:
         return ["model.safetensors"]
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-
-
-def merged_tensor(name: str, plan: Plan, adapter: Adapter, handles: dict) -> torch.Tensor:
-    """The output value of one tensor: base, base + LoRA, or the adapter's trained copy (fp32 maths, then cast)."""
-    source = plan.sources[name]
-    if name in adapter.replaced:
-        value = adapter.replaced[name]
-    else:
-        if name in adapter.base_weights:  # PEFT loads this copy over the base's before the LoRA goes on top
-            value = adapter.base_weights[name]
-        else:
-            assert source is not None  # only tensors taken whole from the adapter have no base source
-            if source.path not in handles:
-                handles[source.path] = open(source.path, "rb")
-            value = read_tensor(handles[source.path], source.entry)
-        if name in plan.quantized:
-            value = nf4_roundtrip(value)
-        lora = adapter.modules.get(name[: -len(".weight")]) if name.endswith(".weight") else None
-        if lora is not None:
-            if lora.embedding:
-                value = merge_embedding(value, lora.a, lora.b, lora.scale, lora.magnitude)
-            else:
-                fan_in_fan_out = lora.module in plan.fan_in_fan_out
-                value = merge_linear(value, lora.a, lora.b, lora.scale, fan_in_fan_out, lora.magnitude)
-    return value.to(plan.dtypes[name])
-
-
-def write_shards(plan: Plan, adapter: Adapter, out: Path, on_tensor=None) -> dict:
-    """Write every shard (and the index when there are several); returns the weight map."""
-    names = shard_names(len(plan.shards))
-    handles: dict = {}
-    weight_map = {}
-    total = 0
-    try:
-        for file_name, tensors in zip(names, plan.shards):
-            writer = StreamingWriter(out / file_name, [(n, plan.dtypes[n], plan.shapes[n]) for n in tensors])
-            for name in tensors:
-                value = merged_tensor(name, plan, adapter, handles)
-                writer.write(name, value)
-                total += value.numel() * value.element_size()
-                weight_map[name] = file_name
-                on_tensor and on_tensor(name)
-                del value
-            writer.close()
-    finally:
-        for handle in handles.values():
-            handle.close()
-    if len(names) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return weight_map
 
 
 def write_side_files(plan: Plan, model_dir: Path, adapter: Adapter, out: Path, dtype: torch.dtype) -> None:

@@ -41,6 +41,18 @@ def merge_linear(
     return rows.T if fan_in_fan_out else rows
 
 
+def add_lora_(
+    w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, fan_in_fan_out: bool, scratch: torch.Tensor
+) -> torch.Tensor:
+    """``W += ΔW`` in place, with ``ΔW`` computed into ``scratch`` (a float32 buffer of ``W``'s size, reused across
+    layers): :func:`merge_linear` without DoRA, in the same float32 operations in the same order (matmul, scale,
+    add; PEFT's ``merge``), so bit for bit equal to it, without allocating a weight-sized tensor per layer."""
+    out_f, in_f = b.shape[0], a.shape[1]
+    delta = torch.matmul(b.float(), a.float(), out=scratch[: out_f * in_f].view(out_f, in_f))
+    delta.mul_(scale)
+    return w.add_(delta.T if fan_in_fan_out else delta)
+
+
 def merge_embedding(
     e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, magnitude: torch.Tensor | None = None
 ) -> torch.Tensor:
