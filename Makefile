@@ -7,7 +7,7 @@ PACKAGES := mft-core mft-data mft-train mft-merge mft-quant mft-eval
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-fast test-slow test-all pipeline bench lint clean
+.PHONY: help install test test-fast test-slow test-all test-atorch install-atorch pipeline bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,15 @@ test-slow:  ## the slower tests (full n=100 agreement file, GPU-check smoke on C
 
 test-all:  ## everything that runs without a GPU
 	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
+
+install-atorch:  ## a separate .venv-atorch: mft-core, mft-data, mft-train[atorch] (ATorch 0.2.5), never CI's default
+	test -x .venv-atorch/bin/python || $(PY) -m venv .venv-atorch
+	DS_BUILD_OPS=0 .venv-atorch/bin/pip install --disable-pip-version-check -c constraints.txt torch==2.13.0 pytest
+	DS_BUILD_OPS=0 .venv-atorch/bin/pip install --disable-pip-version-check -c constraints.txt \
+		-e packages/mft-core -e packages/mft-data -e "packages/mft-train[atorch]"
+
+test-atorch: install-atorch  ## strategy atorch on 2 CPU processes: 2 ranks x 2 = 1 x 4, SIGKILL + resume
+	.venv-atorch/bin/python -m pytest tests/train/test_distributed.py -k atorch -p no:cacheprovider $(ARGS)
 
 pipeline:  ## the whole chain on the built-in tiny default, into runs/pipeline/
 	$(BIN)/python examples/pipeline/run.py $(ARGS)

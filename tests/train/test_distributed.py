@@ -1,6 +1,7 @@
 """Two CPU processes (gloo) give the same losses and weights as one; silent launcher fallbacks are refused.
 
-For ddp, zero2, zero3 and fsdp: 2 processes x 2 micro-batches vs 1 process x 4 micro-batches on the same rows,
+For ddp, zero2, zero3, fsdp (and atorch, in its own environment): 2 processes x 2 micro-batches vs 1 process x 4
+micro-batches on the same rows,
 `task` loss, one task held by a single row (so in every step one rank has no token of it).
 """
 
@@ -22,6 +23,19 @@ from mft_train.launch import check_launch_environment
 
 EXE = os.path.join(os.path.dirname(sys.executable), "mft-train")
 pytestmark = pytest.mark.multiproc
+
+
+def _atorch_imports() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("atorch") is not None
+
+
+# ATorch lives in its own environment (`make test-atorch` runs these there); in the default one it is absent
+ATORCH = pytest.param(
+    "atorch", marks=pytest.mark.skipif(not _atorch_imports(), reason="ATorch not installed: make test-atorch")
+)
+STRATEGIES = ["ddp", "zero2", "zero3", "fsdp", ATORCH]
 
 
 def free_port() -> int:
@@ -111,7 +125,7 @@ def reference(llama_base, uneven, tmp_path_factory):
     return config, tmp / "single"
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3", "fsdp"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_two_processes_equal_one(reference, strategy, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -121,6 +135,9 @@ def test_two_processes_equal_one(reference, strategy, tmp_path):
     proc = run_launch(config, out, strategy)
     if strategy == "zero3":  # never the whole model on every rank
         assert "loaded partitioned over 2 ranks" in proc.stdout + proc.stderr
+    if strategy == "atorch":  # ATorch's own auto_accelerate did the wrapping
+        wrapped = "auto_accelerate: parallel_mode wrapped the model in DistributedDataParallel"
+        assert wrapped in proc.stdout + proc.stderr
     assert losses(out) == pytest.approx(losses(single), abs=1e-5)
     a, b = adapter(single), adapter(out)
     assert a.keys() == b.keys()
@@ -149,7 +166,7 @@ def test_full_fine_tuning_under_sharded_strategies_equals_one_process(reference,
         assert torch.allclose(a[name], b[name], atol=1e-5), (strategy, name)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3", "fsdp"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_kill_and_resume_equals_uninterrupted(reference, strategy, tmp_path):
     """SIGKILL the whole launch (torchrun and both workers) after step 3, resume, compare to uninterrupted."""
     config, _ = reference

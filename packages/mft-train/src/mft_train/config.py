@@ -17,7 +17,7 @@ from mft_core.errors import ConfigError
 
 Loss = Literal["auto", "token", "sample", "task", "task-sample"]  # auto: task with several tasks, else token
 TaskWeighting = Literal["static", "selfpaced", "coba"]
-Strategy = Literal["local", "ddp", "zero2", "zero3", "fsdp"]
+Strategy = Literal["local", "ddp", "zero2", "zero3", "fsdp", "atorch"]
 Offload = Literal["none", "optimizer", "params", "all"]
 
 # The single key `loss` and `task_weighting` replace, and the pair each of its values meant.
@@ -85,7 +85,7 @@ class TrainConfig:
     compile: bool = _yaml(False, "torch.compile the model.")
     seed: int = _yaml(42, "Seed of data order, dropout and LoRA initialisation.")
     # processes: `mft-train launch --strategy` sets these for its workers; local is one process
-    strategy: Strategy = _yaml("local", "local | ddp | zero2 | zero3 | fsdp (set by mft-train launch).")
+    strategy: Strategy = _yaml("local", "local | ddp | zero2 | zero3 | fsdp | atorch (set by mft-train launch).")
     offload: Offload = _yaml(
         "none", "DeepSpeed state in CPU memory: none | optimizer (zero2, zero3) | params | all (zero3)."
     )
@@ -198,7 +198,8 @@ def fingerprint_config(cfg: TrainConfig) -> dict[str, Any]:
     return _fingerprint_config(cfg)
 
 
-STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")  # what `mft-train launch --strategy` starts (local: no launcher)
+# what `mft-train launch --strategy` starts (local: no launcher)
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp", "atorch")
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,9 @@ class LaunchConfig:
 
     config: str = opt(help="YAML config, as for `run`.", positional=True)
     nproc: int = opt(1, help="Processes per node (one per GPU; on CPU, a few).")
-    strategy: str = opt("ddp", help="ddp | zero2 | zero3 | fsdp (FSDP2 fully_shard).")
+    strategy: str = opt(
+        "ddp", help="ddp | zero2 | zero3 | fsdp (FSDP2 fully_shard) | atorch (ATorch data parallel: mft-train[atorch])."
+    )
     nnodes: int = opt(1, help="Number of nodes.")
     node_rank: int = opt(0, help="This node's rank (0 .. nnodes-1).")
     master_addr: str = opt("127.0.0.1", help="Address of node 0.")

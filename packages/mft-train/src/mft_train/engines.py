@@ -24,14 +24,14 @@ def make_engine(
     if strategy == "local" and world > 1:
         raise ConfigError(
             f"strategy local trains in one process, but this is one of {world}",
-            fix="start the processes with `mft-train launch --strategy ddp|zero2|zero3|fsdp` (it sets strategy)",
+            fix="start the processes with `mft-train launch --strategy ddp|zero2|zero3|fsdp|atorch` (it sets strategy)",
         )
     if strategy in SHARDED and not dist.initialized():
         raise ConfigError(
             f"strategy {strategy} shards over a process group, and this process is in none",
             fix=f"mft-train launch --strategy {strategy} CONFIG (--nproc 1 for a single GPU)",
         )
-    if strategy in ("local", "ddp") and not getattr(model, "is_loaded_in_4bit", False):
+    if strategy in ("local", "ddp", "atorch") and not getattr(model, "is_loaded_in_4bit", False):
         # DeepSpeed places the model itself, FSDP moves only its shards, a 4-bit model was loaded onto its device
         model.to(dist.device())
     if strategy == "local" or (strategy == "ddp" and world == 1):  # DDP over one process is the local engine
@@ -39,6 +39,10 @@ def make_engine(
         return LocalEngine(model, optimizer, scheduler_factory(optimizer))
     if strategy == "ddp":
         return ddp_engine(model, optimizer_factory, scheduler_factory)
+    if strategy == "atorch":
+        from .engine_atorch import atorch_engine  # an optional extra: imported only when asked for
+
+        return atorch_engine(model, optimizer_factory, scheduler_factory)
     if strategy == "fsdp":
         return FSDPEngine(model, optimizer_factory, scheduler_factory, bf16=cfg.bf16)
     return DeepSpeedEngine(model, optimizer_factory, scheduler_factory, int(strategy[-1]), deepspeed_config(cfg))

@@ -53,6 +53,7 @@ def accelerate_equivalent(cfg: LaunchConfig) -> str:
         "zero2": "--use_deepspeed --zero_stage 2",
         "zero3": "--use_deepspeed --zero_stage 3",
         "fsdp": "--use_fsdp --fsdp_version 2",
+        "atorch": "--multi_gpu",  # ATorch's auto_accelerate runs inside the workers, under any launcher
     }[cfg.strategy]
     return (
         f"accelerate launch {flags} --num_processes {cfg.nproc * cfg.nnodes} --num_machines {cfg.nnodes} "
