@@ -47,14 +47,14 @@ def main() -> None:
         TrainConfig(
             model=str(base),
             data=str(work / "data"),
-            output_dir=str(work / "ft"),
+            out=str(work / "ft"),
             peft="none",
             lr=1e-3,
             max_steps=150,
             micro_batch_size=4,
             grad_accum=2,
             seq_len=512,
-            bf16=True,
+            bf16=False,  # fp32 on the CPU: this run went at ~105 tokens/s in bf16, ~2,400-3,200 in fp32 (measured here)
             warmup_steps=10,
             eval_every=0,
             log_every=10,

@@ -31,17 +31,13 @@ def headline(name: str, r: dict) -> tuple[str, str, str]:
             f"measured bf16 peak {r['matmul_peak_gflops']['bf16']} GFLOP/s; RSS {r['rss_ratio_vs_trl_a']}x",
         )
     if name == "merge_memory":
+        d, n = r["mft_merge_default"], r["mft_merge_no_verify"]
         return (
-            "peak RSS of a LoRA merge, 2 GB fp32 model",
+            "wall time and peak RSS of a LoRA merge, 2 GB fp32 model",
             r["peer"],
-            f"{r['rss_ratio']}x RSS with streamed verification ({r['rss_ratio_no_verify']}x without"
-            + (
-                f"; the default --verify auto chose {r['mft_merge_default_auto']['check']}: "
-                f"{r['rss_ratio_default_auto']}x"
-                if "rss_ratio_default_auto" in r
-                else ""
-            )
-            + f"); max diff vs PEFT {r['max_abs_diff_vs_peft']}",
+            f"default ({d['check']} check) {d['speedup_vs_peft']}x faster, {d['rss_ratio_vs_peft']}x RSS "
+            f"(goal 1.5x / 0.35x: {'met' if r['goal_met'] else 'not met'}); --no-verify {n['speedup_vs_peft']}x, "
+            f"{n['rss_ratio_vs_peft']}x; max diff vs PEFT {max(r['max_abs_diff_vs_peft'].values())}",
         )
     if name == "quant_quality":
         if "answer_nll_increase" in r:
