@@ -152,6 +152,8 @@ class PeftReference:
 
 
 def _weight_files(model_dir: Path) -> dict[str, Path]:
+    """Tensor name -> shard, from the index or the safetensors library: not :func:`merge.base_entries`, whose
+    header parse is the merge's own and must not be what the check relies on."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         return {k: model_dir / v for k, v in json.loads(index.read_text())["weight_map"].items()}

@@ -9,6 +9,7 @@ enter Python: ``copy_file_range`` copies their bytes file to file in the kernel.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +20,7 @@ import torch
 from .adapter import Adapter
 from .merge import Plan, Source, shard_names
 from .ops import add_lora_, merge_embedding, merge_linear, nf4_roundtrip
-from .safetensors_io import DTYPES, StreamingWriter, read_tensor
+from .safetensors_io import DTYPES, StreamingWriter, read_tensor, tensor_nbytes
 
 
 def is_copy(name: str, plan: Plan, adapter: Adapter) -> bool:
@@ -54,19 +55,19 @@ class Buffers:
 
     def __init__(self, plan: Plan, adapter: Adapter):
         fast = [n for n in plan.sources if is_plain_lora(n, plan, adapter)]
-        numel = max((_numel(plan.shapes[n]) for n in fast), default=0)
-        out_bytes = max((_numel(plan.shapes[n]) * _size(plan.dtypes[n]) for n in fast), default=0)
+        numel = max((math.prod(plan.shapes[n]) for n in fast), default=0)
+        out_bytes = max((tensor_nbytes(plan.shapes[n], plan.dtypes[n]) for n in fast), default=0)
         self.outputs = [torch.empty(out_bytes, dtype=torch.uint8) for _ in range(2)]
         self.work = torch.empty(numel, dtype=torch.float32)  # the merged value, when the output is not float32
         self.delta = torch.empty(numel, dtype=torch.float32)
-        raw = max((_numel(plan.shapes[n]) * _size(_base_dtype(plan, n)) for n in fast), default=0)
+        raw = max((tensor_nbytes(plan.shapes[n], _base_dtype(plan, n)) for n in fast), default=0)
         self.raw = torch.empty(raw, dtype=torch.uint8)  # a non-float32 base weight as read
         self.turn = 0
 
     def next_output(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         buffer = self.outputs[self.turn]
         self.turn ^= 1
-        return buffer[: _numel(shape) * _size(dtype)].view(dtype).view(shape)
+        return buffer[: tensor_nbytes(shape, dtype)].view(dtype).view(shape)
 
 
 class SourceFiles:
@@ -107,7 +108,7 @@ def merged_in_place(name: str, plan: Plan, adapter: Adapter, files: SourceFiles,
     assert source is not None
     lora = adapter.modules[name[: -len(".weight")]]
     out = buffers.next_output(shape, out_dtype)
-    work = out if out_dtype == torch.float32 else buffers.work[: _numel(shape)].view(shape)
+    work = out if out_dtype == torch.float32 else buffers.work[: math.prod(shape)].view(shape)
     base_dtype = DTYPES[source.entry.dtype]
     if base_dtype == torch.float32:
         files.read_into(source, work)
@@ -169,7 +170,7 @@ def write_shards(plan: Plan, adapter: Adapter, out: Path, on_shard=None) -> dict
                             else merged_tensor(name, plan, adapter, files)
                         )
                         job = writer.submit(shard.write, name, value)
-                    total += _numel(plan.shapes[name]) * _size(plan.dtypes[name])
+                    total += tensor_nbytes(plan.shapes[name], plan.dtypes[name])
                     weight_map[name] = file_name
                     pending.append(job)
                     while len(pending) > 1:  # an output buffer is free again only once its write is done
@@ -197,14 +198,3 @@ def _base_dtype(plan: Plan, name: str) -> torch.dtype:
     source = plan.sources[name]
     assert source is not None  # plain LoRAs are read from the base
     return DTYPES[source.entry.dtype]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
