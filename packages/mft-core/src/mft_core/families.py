@@ -63,6 +63,9 @@ class Family:
             SDPA once per record instead of one masked call over the whole row.
         size_keys: generic size name -> HF config key (``None``: the family has no such knob).
         tiny_extra: fixed config values for tiny test models (e.g. head_dim, MoE sizes).
+        kv_per_head: attention keeps one key/value per head (MLA: released configs set num_key_value_heads to
+            num_attention_heads); tiny models get ``kv_heads = heads``, since fewer makes eager and SDPA
+            attention repeat the already per-head keys and fail on shapes.
         notes: anything a user should know, with sources.
     """
 
@@ -75,6 +78,7 @@ class Family:
     size_keys: Mapping[str, str | None] = field(default_factory=lambda: _STD_KEYS)
     tiny_extra: Mapping[str, object] = field(default_factory=dict)
     packed_sdpa: bool = True
+    kv_per_head: bool = False
     notes: str = ""
     source: str = ""
 
@@ -85,6 +89,9 @@ class Family:
             key = self.size_keys.get(generic)
             if key:
                 kwargs[key] = value
+        kv_key = self.size_keys.get("kv_heads")
+        if self.kv_per_head and kv_key and "heads" in sizes:
+            kwargs[kv_key] = sizes["heads"]
         kwargs.update(self.tiny_extra)
         return kwargs
 
@@ -197,6 +204,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 lora_targets=("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
                 eos="<｜end▁of▁sentence｜>",
                 source=_HF + "deepseek_v2",
+                kv_per_head=True,
                 tiny_extra={**_MLA_MOE_TINY, "q_lora_rank": None},
                 notes="DeepSeek-Coder-V2(-Lite): MLA attention (Lite has no q LoRA, so q_proj), routed experts fused.",
             ),
@@ -205,6 +213,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 lora_targets=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
                 bos_is_marker=False,
                 source=_HF + "deepseek_v3",
+                kv_per_head=True,
                 tiny_extra={**_MLA_MOE_TINY, "q_lora_rank": 64},
                 eos="<｜end▁of▁sentence｜>",
                 notes="MLA attention; routed experts are fused parameters, so LoRA targets the attention linears.",

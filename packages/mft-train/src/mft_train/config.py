@@ -76,7 +76,15 @@ class TrainConfig:
     seq_len: int = _yaml(2048, "Tokens per row (packed records or padded samples).")
     # numerics and speed
     bf16: bool = _yaml(False, "Train in bfloat16 autocast.")
-    grad_checkpointing: bool = _yaml(False, "Recompute activations in backward to save memory.")
+    # none | full | every_n:K (every K-th decoder layer); true/false are read as full/none
+    grad_checkpointing: bool | str = _yaml(
+        "none", "Recompute activations in backward: none | full | every_n:K (every K-th decoder layer)."
+    )
+    # LM head + cross-entropy in chunks of supervised tokens (head_loss.py): auto sizes chunks from a memory budget,
+    # 0 materialises the logits of the supervised positions, N is tokens per chunk
+    lm_head_chunk: int | Literal["auto"] = _yaml(
+        "auto", "LM head + loss in chunks: auto | 0 (off: logits materialised) | N tokens per chunk."
+    )
     # sdpa: torch SDPA, once per packed record where the family allows (else one masked call); sdpa_masked: always
     # one masked call per row; eager; flash_attention_2 (GPU, when installed)
     attn_implementation: Literal["sdpa", "sdpa_masked", "eager", "flash_attention_2"] = _yaml(
@@ -131,6 +139,11 @@ class TrainConfig:
             raise ConfigError("lora_dropout must be in [0, 1)")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+        object.__setattr__(self, "grad_checkpointing", checkpointing_setting(self.grad_checkpointing))
+        if self.lm_head_chunk != "auto" and self.lm_head_chunk < 0:
+            raise ConfigError(
+                f"lm_head_chunk: {self.lm_head_chunk} is negative", fix="auto, 0 (off) or tokens per chunk"
+            )
         if self.micro_batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("micro_batch_size and grad_accum must be at least 1")
         if self.epochs < 1 and self.max_steps < 1:
@@ -177,6 +190,30 @@ class TrainConfig:
     @property
     def lora(self) -> bool:
         return self.peft in ("lora", "qlora")
+
+
+def checkpointing_setting(value: bool | str) -> str:
+    """``grad_checkpointing`` normalised to ``none`` | ``full`` | ``every_n:K`` (``every_n:1`` is ``full``)."""
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    text = str(value).strip().lower()
+    if text in ("none", "full"):
+        return text
+    if text in ("true", "false"):
+        return "full" if text == "true" else "none"
+    k = text.removeprefix("every_n:")
+    if text.startswith("every_n:") and k.isdigit() and int(k) >= 1:
+        return "full" if int(k) == 1 else f"every_n:{int(k)}"
+    raise ConfigError(
+        f"grad_checkpointing: {value!r} is not none, full or every_n:K",
+        fix="grad_checkpointing: every_n:2 recomputes every second decoder layer",
+    )
+
+
+def checkpoint_every(setting: str) -> int:
+    """Decoder layers per checkpointed layer (0: none)."""
+    fixed = {"none": 0, "full": 1}
+    return fixed[setting] if setting in fixed else int(setting.split(":")[1])
 
 
 def strategy_problem(strategy: str, offload: str) -> str | None:

@@ -12,8 +12,8 @@ from mft_core.ui import console
 from . import dist
 from .batches import Rows, collate
 from .checkpoint import TrainState
-from .loop import forward_logits, to_device
-from .loss import per_target_loss, task_sums
+from .loop import forward_losses, to_device
+from .loss import task_sums
 from .metrics import MetricsLog
 
 
@@ -39,9 +39,9 @@ def evaluate(
     per_rank = -(-len(chosen) // dist.world_size())  # the most any rank holds: every rank runs as many forwards
     for start in range(0, max(per_rank, 1), micro_batch_size):  # (sharded engines gather weights in each one)
         mb = collate(rows, mine[start : start + micro_batch_size], pad_id)
-        logits = forward_logits(model, mb, bf16, supervised_only=True)
-        targets = to_device(mb.targets, logits.device)
-        s, c = task_sums(per_target_loss(logits, targets), targets, n)
+        losses, _ = forward_losses(model, mb, bf16)
+        targets = to_device(mb.targets, losses.device)
+        s, c = task_sums(losses, targets, n)
         sums += s.cpu()
         counts += c.cpu()
     dist.all_reduce_sum(sums)

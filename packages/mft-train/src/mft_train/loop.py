@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import attention, dist
+from . import attention, chunked_head, dist
 from .batches import MicroBatch, Rows, collate, rank_micro_batches, step_rows, steps_per_epoch
 from .checkpoint import TrainState
 from .engine import Engine
@@ -85,6 +85,32 @@ def forward_logits(model, mb: MicroBatch, bf16: bool, supervised_only: bool = Fa
     return out.logits
 
 
+def forward_losses(model, mb: MicroBatch, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target cross-entropy (fp32, flattened masked order) of a micro-batch, and a tensor to tie an empty
+    micro-batch's backward to the graph.
+
+    Through the chunked LM head when the model has one (:mod:`chunked_head`: no ``[n_targets, vocab]`` logits),
+    else from the supervised positions' logits.
+    """
+    if chunked_head.installed(model) is None:
+        logits = forward_logits(model, mb, bf16, supervised_only=True)
+        return per_target_loss(logits, to_device(mb.targets, logits.device)), logits
+    device = next(model.parameters()).device
+    kwargs = {}
+    if getattr(_hf_config(model), "_attn_implementation", None) == attention.NAME:
+        kwargs[attention.SEGMENTS_KWARG] = attention.plan_segments(mb.position_ids)
+    mask = mb.targets.mask.to(device)
+    labels = mb.targets.labels.to(device)[mask]
+    with autocast(bf16):
+        losses = model(
+            input_ids=mb.input_ids.to(device),
+            position_ids=mb.position_ids.to(device),
+            mft_targets=(mask, labels),
+            **kwargs,
+        )
+    return losses, losses
+
+
 def _hf_config(model):
     """The transformers config under any wrapper (DDP, DeepSpeed engine: ``.module``; PEFT forwards ``.config``)."""
     while hasattr(model, "module"):
@@ -121,13 +147,12 @@ def train_step(parts: LoopParts, step: int) -> StepResult:
     real = 0
     for j, mb in enumerate(batches):
         with engine.accumulate(last=j == len(batches) - 1):
-            logits = forward_logits(engine.model, mb, parts.bf16, supervised_only=True)
-            targets = to_device(mb.targets, logits.device)
-            losses = per_target_loss(logits, targets)
-            weights = target_weights(parts.objective.loss, targets, counts, parts.task_weights).to(logits.device)
+            losses, graph = forward_losses(engine.model, mb, parts.bf16)
+            targets = to_device(mb.targets, losses.device)
+            weights = target_weights(parts.objective.loss, targets, counts, parts.task_weights).to(losses.device)
             loss = micro_batch_loss(losses, weights)
             if mb.empty:
-                loss = loss + 0.0 * logits.sum()  # keeps every rank's backward in step
+                loss = loss + 0.0 * graph.sum()  # keeps every rank's backward in step
             # the engine averages gradients over ranks; the step loss is a sum over ranks, so scale back up
             engine.backward(loss * dist.world_size())
         loss_sum += loss.detach().double().cpu()

@@ -13,7 +13,7 @@ from mft_core.artifacts import model_type_of, resolve_model_dir
 from mft_core.errors import ConfigError
 from mft_core.families import FAMILIES
 
-from .config import TrainConfig
+from .config import TrainConfig, checkpoint_every
 
 
 def load_tokenizer(model_dir: Path):
@@ -166,22 +166,18 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
         kwargs["device_map"] = {"": "cpu" if cpu else torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     model.config.use_cache = False
+    install_head(cfg, model)
     if cfg.compile:
         compile_layers(model)
+    every = checkpoint_every(str(cfg.grad_checkpointing))  # normalised by TrainConfig
     if cfg.peft == "none":
-        if cfg.grad_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model, every)
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.peft == "qlora":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=cfg.grad_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    enable_checkpointing(model, every)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -201,6 +197,32 @@ def load_model(cfg: TrainConfig, model_dir: Path, tokenizer):
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
     return model
+
+
+def install_head(cfg: TrainConfig, model) -> None:
+    """The chunked LM head + loss (``lm_head_chunk``), or the reason it falls back, said once in the log."""
+    from . import chunked_head, dist
+
+    plan, note = chunked_head.plan_for(cfg.lm_head_chunk, model.config, cfg.strategy)
+    if plan is not None:
+        chunked_head.install(model, plan, log=_log_main)
+    if dist.is_main():
+        _log_main(note)
+
+
+def _log_main(message: str) -> None:
+    from mft_core.ui import console
+
+    console.print(message)
+
+
+def enable_checkpointing(model, every: int) -> None:
+    """Activation checkpointing of every ``every``-th decoder layer (0: none); inputs keep requiring grad, so a
+    frozen embedding in front of checkpointed LoRA layers still carries gradients."""
+    if every:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every
+        )
 
 
 def compile_layers(model) -> int:
