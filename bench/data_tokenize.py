@@ -44,9 +44,10 @@ def generation_template() -> str:
     """MFTCoder's template with `{% generation %}` around what is trained, for TRL's assistant masks."""
     from mft_core.templates import DEFAULT_CHAT_TEMPLATE
 
-    old = "{{- '<s>bot\\n' + message['content'] + eos_token + '\\n' -}}"
-    assert old in DEFAULT_CHAT_TEMPLATE
-    new = "{{- '<s>bot\\n' -}}{% generation %}{{- message['content'] + eos_token -}}{% endgeneration %}{{- '\\n' -}}"
+    # the trained span is the answer, its newline and EOS (what mft-data supervises)
+    old = "{{- '<s>bot\\n' + message['content'] + '\\n' + eos_token -}}"
+    assert old in DEFAULT_CHAT_TEMPLATE, "MFTCoder's assistant turn changed in mft_core.templates: update this"
+    new = "{{- '<s>bot\\n' -}}{% generation %}{{- message['content'] + '\\n' + eos_token -}}{% endgeneration %}"
     return DEFAULT_CHAT_TEMPLATE.replace(old, new)
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["data_tokenize", "train_throughput", "merge_memory", "quant_quality", "eval_exec"]
+ORDER = ["data_tokenize", "train_throughput", "train_memory", "merge_memory", "quant_quality", "eval_exec"]
 
 
 def headline(name: str, r: dict) -> tuple[str, str, str]:
@@ -29,6 +29,17 @@ def headline(name: str, r: dict) -> tuple[str, str, str]:
             "TRL SFTTrainer (a) defaults, (b) best CPU setting",
             f"{r['ratio_vs_trl_a']}x vs (a), {r['ratio_vs_trl_b']}x vs (b); MFU {v['ours']['mfu_vs_bf16_peak']:.0%} of "
             f"measured bf16 peak {r['matmul_peak_gflops']['bf16']} GFLOP/s; RSS {r['rss_ratio_vs_trl_a']}x",
+        )
+    if name == "train_memory":
+        a = r["at_16384"]
+        longest = {v: (x["confirmed"], x["capped_at"]) for v, x in r.get("longest_row_within_8GiB", {}).items()}
+        rows = ", ".join(f"{v} {c}{'+' if cap else ''}" for v, (c, cap) in longest.items())
+        return (
+            "LoRA training peak RSS and tokens/s, vocab 151,936, seq 16,384 (Qwen2-shaped h256x4, fp32)",
+            "TRL 1.16 SFTTrainer defaults (fused LM head, gradient checkpointing); mft lm_head_chunk 0",
+            f"RSS {a['rss_mft_vs_trl']}x TRL (with checkpointing {a['rss_mft_ckpt_vs_trl']}x), "
+            f"{a['rss_mft_vs_chunk_off']}x chunking off; tokens/s {a['tokens_per_s_mft_vs_chunk_off']}x chunking off, "
+            f"{a['tokens_per_s_mft_vs_trl']}x TRL; longest row in 8 GiB: {rows}",
         )
     if name == "merge_memory":
         d, n = r["mft_merge_default"], r["mft_merge_no_verify"]

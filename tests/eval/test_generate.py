@@ -70,3 +70,20 @@ def test_a_quantization_that_failed_its_gate_is_flagged(tmp_path, capsys):
     write_manifest(tmp_path, new_manifest("quantized-model", "mft-quant", "0", {}, (), {"quality": quality}))
     _warn_if_gate_failed(tmp_path)
     assert "quality gate" not in capsys.readouterr().err
+
+
+def test_vllm_engine_args_size_memory_and_context_for_cpu(llama_base):
+    """vLLM reserves gpu_memory_utilization of the RAM on CPU and refuses to start without it free: a smaller
+    default there; the context is the longest prompt plus the new tokens, capped by the model's positions."""
+    import json
+
+    from mft_eval.generate import vllm_engine_args
+
+    args = vllm_engine_args(Path(llama_base), _cfg(llama_base, backend="vllm"), longest_prompt=100)
+    assert args["gpu_memory_utilization"] == 0.25 and args["max_model_len"] == 124
+    assert args["model"] == str(llama_base) and args["dtype"] == "auto"
+    limit = json.loads((Path(llama_base) / "config.json").read_text())["max_position_embeddings"]
+    assert vllm_engine_args(Path(llama_base), _cfg(llama_base), longest_prompt=10**6)["max_model_len"] == limit
+    assert vllm_engine_args(Path(llama_base), _cfg(llama_base, vllm_memory=0.5), 1)["gpu_memory_utilization"] == 0.5
+    with pytest.raises(ConfigError, match="vllm-memory"):
+        _cfg(llama_base, vllm_memory=1.5)

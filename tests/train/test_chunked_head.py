@@ -83,6 +83,18 @@ def test_bf16_compute_matches_bf16_unchunked():
     assert torch.allclose(got, ref, atol=1e-3)
 
 
+def test_cpu_computes_the_head_in_fp32_even_under_bf16_autocast():
+    from mft_train.head_loss import compute_dtype
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compute_dtype("cpu", torch.bfloat16) == torch.float32
+        hidden = torch.randn(6, 8)
+        weight = torch.randn(11, 8).bfloat16()
+        labels = torch.randint(0, 11, (6,))
+        got = chunked_head_loss(hidden, weight, labels, chunk=4)
+    assert torch.allclose(got, reference(hidden, weight.float(), labels), atol=1e-5)
+
+
 def test_evaluation_under_no_grad_keeps_no_gradients():
     hidden = torch.randn(5, 8, requires_grad=True)
     with torch.no_grad():

