@@ -92,3 +92,17 @@ def train_config(base, data, out, **kw):
     )
     defaults.update(kw)
     return TrainConfig(**defaults)
+
+
+def grad_capture_engine(model):
+    """A one-process engine that records the accumulated gradient (``engine.grads``) instead of stepping."""
+    import torch
+    from mft_train.engine import LocalEngine
+
+    class GradCapture(LocalEngine):
+        def step(self, max_grad_norm):
+            self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+            self.optimizer.zero_grad(set_to_none=True)
+            return 0.0
+
+    return GradCapture(model, torch.optim.SGD(model.parameters(), lr=0.0), None)

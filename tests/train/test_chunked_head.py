@@ -4,11 +4,10 @@ table, every loss mode, and under gradient accumulation."""
 
 import pytest
 import torch
-from helpers import tokenized_folder
+from helpers import grad_capture_engine, tokenized_folder
 from mft_core.families import FAMILIES, PRESETS
 from mft_train import chunked_head
 from mft_train.batches import Rows
-from mft_train.engine import LocalEngine
 from mft_train.head_loss import chunk_tokens_for, chunked_head_loss
 from mft_train.loop import LoopParts, forward_logits, forward_losses, train_step
 from mft_train.loss import MODES, per_target_loss
@@ -243,11 +242,6 @@ def test_plans_that_fall_back():
 
 
 # --- the training step: every loss mode, and accumulation ------------------------------------------------------
-class GradCapture(LocalEngine):
-    def step(self, max_grad_norm):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
-        self.optimizer.zero_grad(set_to_none=True)
-        return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +265,7 @@ def lora_model(base, chunk: int | None):
 
 
 def step_grads(model, rows, tasks, mode, mbs, accum):
-    engine = GradCapture(model, torch.optim.SGD(model.parameters(), lr=0.0), None)
+    engine = grad_capture_engine(model)
     parts = LoopParts(
         engine=engine,
         rows=rows,

@@ -2,25 +2,15 @@
 
 import pytest
 import torch
-from helpers import tokenized_folder
+from helpers import grad_capture_engine, tokenized_folder
 from mft_core.families import FAMILIES, PRESETS
 from mft_train import attention
 from mft_train.batches import Rows, collate
-from mft_train.engine import LocalEngine
 from mft_train.loop import LoopParts, forward_logits, train_step
 from mft_train.loss import MODES, per_target_loss
 from mft_train.objective import Objective
 
 pytestmark = pytest.mark.fast  # unit/contract tier: `make test-fast`
-
-
-class GradCapture(LocalEngine):
-    """Records the accumulated gradient instead of stepping."""
-
-    def step(self, max_grad_norm):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
-        self.optimizer.zero_grad(set_to_none=True)
-        return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +56,7 @@ def test_one_batch_of_8_equals_4_micro_batches_of_2(setup, mode, attn):
     model = fresh_model(base, attn)
     results = {}
     for mbs, accum in ((8, 1), (2, 4)):
-        engine = GradCapture(model, torch.optim.SGD(model.parameters(), lr=0.0), None)
+        engine = grad_capture_engine(model)
         parts = LoopParts(
             engine=engine,
             rows=rows,
