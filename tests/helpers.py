@@ -106,3 +106,67 @@ def grad_capture_engine(model):
             return 0.0
 
     return GradCapture(model, torch.optim.SGD(model.parameters(), lr=0.0), None)
+
+
+# A `mft-train run` that SIGKILLs itself at step KILL_AT_STEP, or right after torch.save writes a file whose path
+# contains KILL_IN_SAVE (a checkpoint half written).
+KILLER = """
+import os, signal, sys
+import torch
+import mft_train.loop as loop
+kill_step = int(os.environ.get("KILL_AT_STEP", "-1"))
+kill_save = os.environ.get("KILL_IN_SAVE", "")
+original_step, original_save = loop.train_step, torch.save
+def train_step(parts, step):
+    if step == kill_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_step(parts, step)
+def save(obj, path, *a, **k):
+    original_save(obj, path, *a, **k)
+    if kill_save and kill_save in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+loop.train_step, torch.save = train_step, save
+from mft_train.cli import main
+sys.argv = ["mft-train", "run"] + sys.argv[1:]
+main()
+"""
+
+
+def run_killable(config_path, *sets, **env):
+    """`mft-train run CONFIG --set ...` in a subprocess that kills itself where ``env`` says (see KILLER)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **{k: str(v) for k, v in env.items()}}
+    args = [sys.executable, "-c", KILLER, str(config_path)] + [a for s in sets for a in ("--set", s)]
+    return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=900)
+
+
+def add_k_problem(k: int, expect: int | None = None, task_id: str | None = None) -> dict:
+    """A HumanEval-format problem ``solve(x) = x + k``; its test expects ``x + expect`` (default k)."""
+    expect = k if expect is None else expect
+    return {
+        "task_id": task_id or f"Demo/add_{k}_expect_{expect}",
+        "prompt": f'def solve(x):\n    """Return x plus {k}."""\n',
+        "entry_point": "solve",
+        "canonical_solution": f"    return x + {expect}\n",
+        "test": f"def check(candidate):\n    assert candidate(1) == {1 + expect}\n"
+        f"    assert candidate(-4) == {expect - 4}\n",
+    }
+
+
+def memorise_folder(tmp: Path, base: Path, k: int = 3, seq_len: int = 128) -> dict[str, Path]:
+    """A tokenized folder teaching a tiny model one answer, ``solve(x) = x + k``, to the chat turn mft-eval's
+    chat prompt renders for ``add_k_problem(k)``; and problem files whose tests that answer passes or fails:
+    ``gen`` (4 problems: 2 pass once learned) and ``other`` (2 problems: 1 passes). Before training none pass."""
+    from mft_data.api import TokenizeConfig, tokenize_folder
+
+    prompt = add_k_problem(k)["prompt"]
+    rows = [{"prompt": f"# language: Python\n{prompt}", "answer": f"def solve(x):\n    return x + {k}\n"}] * 12
+    folder = format_folder(tmp / "data", {"gen": rows, "chat": [{"prompt": "Hi", "answer": "Hello."}] * 4}, split=0.2)
+    out = tmp / "tok"
+    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(base), out=str(out), seq_len=seq_len))
+    gen = [add_k_problem(k), add_k_problem(k, task_id="Demo/again"), add_k_problem(k, k + 1), add_k_problem(k, k + 2)]
+    other = [add_k_problem(k, k - 1), add_k_problem(k, task_id="Demo/other")]
+    return {"tok": out, "gen": write_jsonl(tmp / "gen.jsonl", gen), "other": write_jsonl(tmp / "other.jsonl", other)}

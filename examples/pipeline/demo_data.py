@@ -6,7 +6,11 @@ string and list transforms) with names and constants varied:
 - ``explain`` (ShareGPT): a function -> its one-line description;
 - ``bugfix`` (OpenAI messages): a function with one injected bug -> the fixed function;
 - ``heldout.jsonl`` (HumanEval format: task_id, prompt, entry_point, test, canonical_solution): codegen
-  problems whose names and constants never occur in training.
+  problems whose names and constants never occur in training;
+- ``dev_numbers.jsonl``, ``dev_strings.jsonl``, ``dev_lists.jsonl``: small codegen problem sets, one per family
+  group (argument ``x``, ``s``, ``xs``), for pass@1 while training (mft-train ``eval_problems``): names never in
+  training nor held out, constants from the training range, so choosing a checkpoint by them never looks at the
+  held-out problems.
 """
 
 from __future__ import annotations
@@ -227,10 +231,19 @@ def unique_funcs(rng: random.Random, count: int, held: bool = False, avoid_names
             yield fn
 
 
+DEV_GROUPS = {"numbers": "x", "strings": "s", "lists": "xs"}  # dev set name -> the families' argument
+
+
 def generate(
-    out: Path, seed: int = 0, n_codegen: int = 3000, n_explain: int = 1500, n_bugfix: int = 1500, n_heldout: int = 40
+    out: Path,
+    seed: int = 0,
+    n_codegen: int = 3000,
+    n_explain: int = 1500,
+    n_bugfix: int = 1500,
+    n_heldout: int = 40,
+    n_dev: int = 8,
 ) -> dict[str, Path]:
-    """Write the three task files (three formats) and the held-out HumanEval-format problem file."""
+    """Write the three task files (three formats), the held-out problem file and the dev problem sets."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -284,23 +297,35 @@ def generate(
                 )
                 + "\n"
             )
+    held_names: set[str] = set()
     with files["heldout"].open("w") as f:
         held_rng = random.Random(seed + 1_000_003)
         for i, fn in enumerate(unique_funcs(held_rng, n_heldout, held=True, avoid_names=train_names)):
-            body = f"    {fn.family.body(fn.const)}\n"
-            f.write(
-                json.dumps(
-                    {
-                        "task_id": f"Demo/{i}",
-                        "prompt": fn.prompt,
-                        "entry_point": fn.name,
-                        "canonical_solution": body,
-                        "test": fn.test(),
-                    }
-                )
-                + "\n"
-            )
+            held_names.add(fn.name)
+            f.write(json.dumps(_problem(f"Demo/{i}", fn)) + "\n")
+    dev_rng = random.Random(seed + 2_000_003)
+    for group, arg in DEV_GROUPS.items():
+        files[f"dev_{group}"] = path = out / f"dev_{group}.jsonl"
+        chosen: list[Func] = []
+        while len(chosen) < n_dev:
+            fn = make_func(dev_rng, held=False)
+            if fn.family.arg == arg and fn.name not in train_names | held_names | {c.name for c in chosen}:
+                chosen.append(fn)
+        with path.open("w") as f:
+            for i, fn in enumerate(chosen):
+                f.write(json.dumps(_problem(f"Dev/{group}/{i}", fn)) + "\n")
     return files
+
+
+def _problem(task_id: str, fn: Func) -> dict:
+    """A HumanEval-format problem of one function."""
+    return {
+        "task_id": task_id,
+        "prompt": fn.prompt,
+        "entry_point": fn.name,
+        "canonical_solution": f"    {fn.family.body(fn.const)}\n",
+        "test": fn.test(),
+    }
 
 
 def main() -> None:

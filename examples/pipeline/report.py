@@ -20,6 +20,35 @@ def _pass1(run: Path, name: str) -> tuple[str, str]:
     return (f"{100 * p1:.1f} %" if p1 is not None else "n/a"), str(n)
 
 
+def _in_training_pass1(run: Path, train: dict) -> list[str]:
+    """The pass@1 curve on the dev problem sets (mft-train eval_problems) and what it cost."""
+    path = run / "train" / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if '"pass_at_1"' in x] if path.is_file() else []
+    if not rows:
+        return []
+    names = list(rows[0]["pass_at_1"])
+    out = ["", "### pass@1 while training (dev problem sets, greedy)", "",
+           "| step | " + " | ".join(names) + " | valid loss |", "|---" * (len(names) + 2) + "|"]  # fmt: skip
+    for r in rows:
+        cells = [f"{100 * r['pass_at_1'][n]:.0f} %" if r["pass_at_1"][n] is not None else "n/a" for n in names]
+        loss = f"{r['loss']:.4f}" if r.get("loss") is not None else ""
+        out.append(f"| {r['step']} | " + " | ".join(cells) + f" | {loss} |")
+    cost = train.get("problems_eval") or {}
+    out += [
+        "",
+        f"`best/` = step {train.get('best_step')} by `{train.get('select_by')}`. One evaluation took "
+        f"{cost.get('seconds_per_evaluation')} s, a training step {cost.get('seconds_per_step')} s "
+        f"(one evaluation = {cost.get('evaluation_in_steps')} steps).",
+    ]
+    sampling = train.get("task_sampling")
+    if sampling:
+        first = sampling["per_epoch"][0]
+        out += ["", f"Task sampling (by {sampling['by']}): "
+                + ", ".join(f"{t} x{sampling['ratios'][t]:g} = {v['records']} records" for t, v in first.items())
+                + " per epoch."]  # fmt: skip
+    return out
+
+
 def write_report(run: Path, timings: dict[str, float], model: str | None = None) -> Path:
     train = _json(run / "train" / "manifest.json").get("summary", {})
     merged = _json(run / "merged" / "manifest.json").get("summary", {})
@@ -77,6 +106,7 @@ def write_report(run: Path, timings: dict[str, float], model: str | None = None)
         lines.append(
             f"| {task} | {t:.4f} | {v:.4f} |" if t is not None and v is not None else f"| {task} | {t} | {v} |"
         )
+    lines += _in_training_pass1(run, train)
     if (run / "train" / "loss_per_task.png").is_file():
         shutil.copy2(run / "train" / "loss_per_task.png", run / "loss_per_task.png")
         lines += ["", "![per-task loss](loss_per_task.png)"]

@@ -44,6 +44,7 @@ FULL = dict(
     humaneval_limit=None,
     new_tokens=96,
     calib_samples=128,
+    dev=8,
 )
 QUICK = dict(
     preset="tiny",
@@ -55,6 +56,7 @@ QUICK = dict(
     humaneval_limit=2,
     new_tokens=24,
     calib_samples=8,
+    dev=2,
 )
 
 
@@ -137,7 +139,7 @@ class Pipeline:
 
         r, s = self.run, self.s
         raw = r / "raw"
-        if not (raw / "heldout.jsonl").is_file():
+        if not (raw / "dev_lists.jsonl").is_file():
             n = s["data_scale"]
             generate(
                 raw,
@@ -146,6 +148,7 @@ class Pipeline:
                 n_explain=max(6, int(1500 * n)),
                 n_bugfix=max(6, int(1500 * n)),
                 n_heldout=s["heldout"],
+                n_dev=s["dev"],
             )
         mft_data = self.tool("mft-data")
         for task, file in (
@@ -178,6 +181,9 @@ class Pipeline:
         keys = [f"model={self.base_model}", f"data={r / 'tok'}", f"output_dir={r / 'train'}"]
         if self.config == DEMO_CONFIG:
             keys.append(f"epochs={self.s['epochs']}")  # --quick shortens the demo; a real config keeps its own
+            # pass@1 per codegen family group while training (the dev sets: never the held-out problems)
+            sets_ = ", ".join(f"codegen-{g}: {r / 'raw' / f'dev_{g}.jsonl'}" for g in ("numbers", "strings", "lists"))
+            keys += [f"eval_problems={{{sets_}}}", f"eval_problems_max_new_tokens={self.s['new_tokens']}"]
         self.sh("train", self.tool("mft-train"), "run", self.config, *sets(*keys))
 
     def merge(self) -> None:

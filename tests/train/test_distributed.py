@@ -68,14 +68,16 @@ def write_config(path, base, data, **kw):
             base,
             data,
             path.parent / "unused",
-            lora_dropout=0.0,
-            max_steps=3,
-            eval_every=0,
-            lr=1e-3,
-            warmup_steps=0,
-            loss="task",
-            micro_batch_size=2,
-            **kw,
+            **{
+                "lora_dropout": 0.0,
+                "max_steps": 3,
+                "eval_every": 0,
+                "lr": 1e-3,
+                "warmup_steps": 0,
+                "loss": "task",
+                "micro_batch_size": 2,
+                **kw,
+            },
         )
     )
     path.write_text(yaml.safe_dump(cfg))
@@ -146,6 +148,44 @@ def test_two_processes_equal_one(reference, strategy, tmp_path):
     # the output is a plain PEFT adapter, loadable without DeepSpeed or a process group
     base = AutoModelForCausalLM.from_pretrained(yaml.safe_load(config.read_text())["model"])
     PeftModel.from_pretrained(base, out / "adapter")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_problem_eval_two_processes_equal_one(llama_base, strategy, tmp_path):
+    """eval_problems under 2 ranks: problems split over ranks, counts summed; pass@1 as with 1 process (fsdp: the
+    sharded model generates in step on both ranks)."""
+    from helpers import memorise_folder
+
+    data = memorise_folder(tmp_path / "mem", llama_base)
+    sets = {"gen": str(data["gen"]), "other": str(data["other"])}
+    config = write_config(tmp_path / "cfg.yaml", llama_base, data["tok"], peft="none", max_steps=60, eval_every=30,
+                          lr_schedule="constant", lr=5e-3, seq_len=128, eval_problems=sets,
+                          eval_problems_max_new_tokens=24)  # fmt: skip
+    run_single(config, tmp_path / "single")
+    run_launch(config, tmp_path / strategy, strategy)
+
+    def evals(out):
+        return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+
+    one, two = evals(tmp_path / "single"), evals(tmp_path / strategy)
+    assert [r["passed"] for r in one] == [r["passed"] for r in two]
+    assert one[-1]["passed"]["gen"] == [2, 4], one  # it learned (a run passing nothing would prove little)
+    rows = (tmp_path / strategy / "problems" / "step-60.jsonl").read_text().splitlines()
+    assert len(rows) == 6  # every rank's samples, written once
+
+
+def test_task_sampling_two_processes_equal_one(llama_base, uneven, tmp_path):
+    """Sampled epochs (common x0.6, rare x3) give the same global batches on 2 ranks as on 1: same losses, weights."""
+    config = write_config(tmp_path / "cfg.yaml", llama_base, uneven, task_sampling={"common": 0.6, "rare": 3.0})
+    run_single(config, tmp_path / "single", "max_steps=0", "epochs=2")
+    run_launch(config, tmp_path / "ddp", "ddp", "max_steps=0", "epochs=2")
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    a, b = adapter(tmp_path / "single"), adapter(tmp_path / "ddp")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    summary = json.loads((tmp_path / "ddp" / "manifest.json").read_text())["summary"]
+    assert [e["rare"]["records"] for e in summary["task_sampling"]["per_epoch"]] == [3, 3]
+    assert [e["common"]["records"] for e in summary["task_sampling"]["per_epoch"]] == [3, 3]  # round(0.6 x 5)
 
 
 @pytest.mark.parametrize("strategy", ["zero3", "fsdp"])

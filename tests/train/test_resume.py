@@ -2,43 +2,13 @@
 `--set resume=auto`, and the final weights equal an uninterrupted run's."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import yaml
+from helpers import run_killable as run
 from helpers import train_config
 from mft_core.config import config_to_dict
-
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import torch
-    import mft_train.loop as loop
-    kill_step = int(os.environ.get("KILL_AT_STEP", "-1"))
-    kill_save = os.environ.get("KILL_IN_SAVE", "")
-    original_step, original_save = loop.train_step, torch.save
-    def train_step(parts, step):
-        if step == kill_step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original_step(parts, step)
-    def save(obj, path, *a, **k):
-        original_save(obj, path, *a, **k)
-        if kill_save and kill_save in str(path):
-            os.kill(os.getpid(), signal.SIGKILL)  # checkpoint half written: weights and optimizer, no state.json
-    loop.train_step, torch.save = train_step, save
-    from mft_train.cli import main
-    sys.argv = ["mft-train", "run"] + sys.argv[1:]
-    main()
-""")
-
-
-def run(config_path, *sets, **env):
-    full_env = {**os.environ, **{k: str(v) for k, v in env.items()}}
-    args = [sys.executable, "-c", KILLER, str(config_path)] + [a for s in sets for a in ("--set", s)]
-    return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=600)
 
 
 def adapter_weights(out):
@@ -132,3 +102,40 @@ def test_every_resume_checks_the_saved_weights_fit_the_model(llama_base, llama_t
         train(train_config(llama_base, llama_tok, out, resume=str(checkpoint), **kw))
     assert f"{dropped}: missing from the checkpoint" in info.value.message
     assert f"{reshaped}: shape [1, " in info.value.message
+
+
+def test_resume_with_task_sampling_equals_uninterrupted(llama_base, llama_tok, tmp_path):
+    """Sampled epochs are a function of (seed, epoch): a resumed process draws the same rows for the same steps."""
+    from mft_data.api import load_tokenized
+
+    a, b, _ = load_tokenized(llama_tok).tasks
+    cfg = config_to_dict(
+        train_config(
+            llama_base,
+            llama_tok,
+            tmp_path / "x",
+            max_steps=0,
+            epochs=3,
+            save_every=2,
+            eval_every=0,
+            log_every=1,
+            task_sampling={a: 2.0, b: 0.5},
+            task_sampling_by="tokens",
+        )  # fmt: skip
+    )
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    straight = run(path, f"out={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    steps = json.loads((tmp_path / "a" / "manifest.json").read_text())["summary"]["steps"]
+    out = tmp_path / "b"
+    first = run(path, f"out={out}", KILL_AT_STEP=steps - 2)  # in the last epoch, after a checkpoint
+    assert first.returncode == -9
+    last = run(path, f"out={out}", "resume=auto")
+    assert last.returncode == 0 and "resumed from" in last.stderr, last.stderr[-3000:]
+    wa, wb = adapter_weights(tmp_path / "a"), adapter_weights(out)
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-6, rtol=0), name
+    lines = [[json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+             for d in (tmp_path / "a", out)]  # fmt: skip
+    assert lines[0] == pytest.approx(lines[1], abs=1e-6) and len(lines[0]) == steps

@@ -12,7 +12,7 @@ from typing import Any
 
 from mft_core.artifacts import load_tokenizer
 from mft_core.config import fingerprint_config
-from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, Split, iter_task_records, task_names
+from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, Split, has_split, iter_task_records, task_names
 from mft_core.errors import ConfigError
 from mft_core.manifest import read_manifest
 
@@ -21,6 +21,8 @@ from .decontam import Matcher, humaneval_texts, record_text
 from .encode import ChatEncoder, Encoded, chat_template_of
 from .folder import Progress, begin_edit, load_summary, update_folder_manifest, write_jsonl_atomic
 from .formatting import FormatResult, format_task
+from .pack import best_fit_decreasing
+from .sampling import SampleBy, realised, sample_epoch, task_ratios
 from .splitting import split_ids
 from .text_data import TextTokenizeConfig, text_files_ref, tokenize_text_files
 from .tokenized import TokenizedData, TokenizeResult, decode_supervised, load_tokenized, tokenize_folder
@@ -54,6 +56,11 @@ __all__ = [
     "TextTokenizeConfig",
     "tokenize_text_files",
     "text_files_ref",
+    "best_fit_decreasing",
+    "SampleBy",
+    "sample_epoch",
+    "task_ratios",
+    "realised",
 ]
 
 
@@ -187,23 +194,31 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
     folder = Path(cfg.folder)
     manifest = read_manifest(folder, ("formatted-data", "tokenized-data"), made_by=FORMAT_COMMAND)
     lengths: dict[str, list[int]] = {}
+    train: dict[str, list[int]] = {}  # the train split's lengths (all records before a split): the sampled share
     unit = "tokens"
     if manifest.kind == "tokenized-data":
         data = load_tokenized(folder)
-        for split_ds in data.splits.values():
+        for name, split_ds in data.splits.items():
             for task_ids, seq_lens in zip(split_ds["task_ids"], split_ds["seq_lens"]):
                 start = 0
                 for n in seq_lens:
-                    lengths.setdefault(data.tasks[task_ids[start]], []).append(n)
+                    task = data.tasks[task_ids[start]]
+                    lengths.setdefault(task, []).append(n)
+                    if name == "train":
+                        train.setdefault(task, []).append(n)
                     start += n
-    elif cfg.tokenizer:
-        encoder = ChatEncoder(load_tokenizer(cfg.tokenizer))
-        for task, records in read_formatted_records(folder).items():
-            lengths[task] = [len(e.input_ids) for e in encoder.encode(records)]
     else:
-        unit = "chars"
-        for task, records in read_formatted_records(folder).items():
-            lengths[task] = [sum(len(t["content"]) for t in r["chat_rounds"]) for r in records]
+        encoder = ChatEncoder(load_tokenizer(cfg.tokenizer)) if cfg.tokenizer else None
+        unit = "tokens" if encoder else "chars"
+
+        def measure(records: list[dict]) -> list[int]:
+            if encoder is not None:
+                return [len(e.input_ids) for e in encoder.encode(records)]
+            return [sum(len(t["content"]) for t in r["chat_rounds"]) for r in records]
+
+        lengths = {task: measure(records) for task, records in read_formatted_records(folder).items()}
+        split_done = has_split(folder)
+        train = {t: measure(r) for t, r in read_formatted_records(folder, "train").items()} if split_done else lengths
     if not lengths:
         raise ConfigError(f"{folder}: no records")
     out: dict[str, Any] = {"unit": unit, "tasks": {}}
@@ -219,9 +234,46 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
             "total": int(arr.sum()),
             "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
         }
+    out["sampling"] = _sampled_shares(train, cfg)
     if cfg.plot:
         _plot(lengths, unit, cfg.plot, cfg.bins)
     return out
+
+
+def _sampled_shares(train: dict[str, list[int]], cfg: StatsConfig) -> dict[str, Any]:
+    """Per task: records and tokens of the train split, and its share of the training tokens as it is and under
+    ``--sample`` ratios (one epoch's draw, as mft-train makes it with the same seed)."""
+    import numpy as np
+
+    tasks = tuple(train)
+    try:
+        ratios = task_ratios(tasks, cfg.sampling())
+    except ValueError as exc:
+        raise ConfigError(str(exc), fix="name tasks of this folder in --sample") from exc
+    record_tasks = np.concatenate([np.full(len(train[t]), i) for i, t in enumerate(tasks)] + [np.zeros(0, np.int64)])
+    record_lengths = np.concatenate([np.asarray(train[t], dtype=np.int64) for t in tasks] + [np.zeros(0, np.int64)])
+    every = np.arange(len(record_lengths))
+    chosen = sample_epoch(record_tasks, record_lengths, ratios, cfg.sample_by, cfg.seed, 0)
+    before = realised(every, record_tasks, record_lengths, tasks)
+    after = realised(chosen, record_tasks, record_lengths, tasks)
+    total_before = sum(v["tokens"] for v in before.values()) or 1
+    total_after = sum(v["tokens"] for v in after.values()) or 1
+    return {
+        "ratios": dict(zip(tasks, ratios.tolist())),
+        "by": cfg.sample_by,
+        "seed": cfg.seed,
+        "tasks": {
+            t: {
+                "records": before[t]["records"],
+                "tokens": before[t]["tokens"],
+                "share": before[t]["tokens"] / total_before,
+                "sampled_records": after[t]["records"],
+                "sampled_tokens": after[t]["tokens"],
+                "sampled_share": after[t]["tokens"] / total_after,
+            }
+            for t in tasks
+        },
+    }
 
 
 def _plot(lengths: dict[str, list[int]], unit: str, path: str, bins: int) -> None:

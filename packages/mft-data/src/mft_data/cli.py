@@ -128,8 +128,28 @@ def stats(cfg: C.StatsConfig) -> None:
             str(s["total"]),
         )
     console.print(table)
+    console.print(_sampling_table(result["sampling"], unit))
     for task, s in result["tasks"].items():
         console.print(_histogram_table(task, unit, s["histogram"]))
+
+
+def _sampling_table(sampling: dict, unit: str) -> Table:
+    """The train split per task: records, tokens and share of training tokens, as is and under --sample."""
+    title = f"training share (train split), sampled by {sampling['by']} with seed {sampling['seed']}"
+    table = Table("task", "ratio", "records", unit, "share", "sampled records", f"sampled {unit}", "sampled share",
+                  title=title)  # fmt: skip
+    for task, s in sampling["tasks"].items():
+        table.add_row(
+            task,
+            f"{sampling['ratios'][task]:g}",
+            str(s["records"]),
+            str(s["tokens"]),
+            f"{100 * s['share']:.1f}%",
+            str(s["sampled_records"]),
+            str(s["sampled_tokens"]),
+            f"{100 * s['sampled_share']:.1f}%",
+        )
+    return table
 
 
 def _histogram_table(task: str, unit: str, histogram: dict) -> Table:

@@ -145,3 +145,29 @@ class StatsConfig:
     tokenizer: str | None = opt(None, help="Count tokens with this tokenizer (formatted folders).")
     plot: str | None = opt(None, help="Write a length histogram PNG here.")
     bins: int = opt(20, help="Bins of the length histogram.", cli=False)
+    task_sampling: tuple[str, ...] = opt(
+        (),
+        help="Show the training-token share under mft-train's task_sampling: --sample codegen=2.0 (repeatable).",
+        flag="--sample",
+        repeat=True,
+    )
+    sample_by: Literal["records", "tokens"] = opt("records", help="What --sample ratios count: records | tokens.")
+    seed: int = opt(42, help="Seed of the sampled draw (mft-train's `seed`).")
+
+    def sampling(self) -> dict[str, float]:
+        """``--sample`` pairs as ``{task: ratio}``."""
+        out = {}
+        for pair in self.task_sampling:
+            task, sep, value = pair.partition("=")
+            try:
+                out[task.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not task.strip():
+                raise ConfigError(f"--sample {pair!r}: give TASK=RATIO, e.g. --sample codegen=2.0")
+        return out
+
+    def __post_init__(self):
+        self.sampling()
+        if self.sample_by not in ("records", "tokens"):
+            raise ConfigError(f"--sample-by {self.sample_by!r}: records or tokens")

@@ -11,11 +11,12 @@ import bisect
 from collections.abc import Sequence
 
 
-def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+def best_fit_decreasing(lengths: Sequence[int], capacity: int, keys: Sequence[int] | None = None) -> list[list[int]]:
     """Bins of record indices; each bin's total length is at most ``capacity``.
 
     Records are placed longest first (ties by index, so the result is deterministic) into the open bin with the
-    least room that still fits them, else a new bin.
+    least room that still fits them, else a new bin. With ``keys``, items of equal key never share a bin: a
+    record drawn twice in an epoch (task sampling) is packed into two different rows.
 
     Raises:
         ValueError: a record is longer than ``capacity`` (drop or truncate it first) or not positive.
@@ -23,17 +24,24 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
     room: list[tuple[int, int]] = []  # sorted (remaining capacity, bin index) of bins with room left
+    held: list[set[int]] = []  # the keys in each bin (only filled with ``keys``)
     for i in order:
         length = lengths[i]
         if length <= 0 or length > capacity:
             raise ValueError(f"record {i} has length {length}, outside 1..{capacity}")
         pos = bisect.bisect_left(room, (length, -1))
+        if keys is not None:  # skip the bins that already hold this key (at most its other copies)
+            while pos < len(room) and keys[i] in held[room[pos][1]]:
+                pos += 1
         if pos < len(room):
             remaining, b = room.pop(pos)
         else:
             remaining, b = capacity, len(bins)
             bins.append([])
+            held.append(set())
         bins[b].append(i)
+        if keys is not None:
+            held[b].add(keys[i])
         remaining -= length
         if remaining > 0:
             bisect.insort(room, (remaining, b))

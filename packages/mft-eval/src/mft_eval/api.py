@@ -5,6 +5,10 @@ results.jsonl    one line per sample: status (passed | failed | timed out | cras
 summary.json     pass@k overall and per task, status counts, preset, sandbox isolation, versions
 generation.json  (humaneval) prompts' template, stop sequences, sampling settings, seed, backend, model id
 manifest.json    written last: kind "eval", config, inputs (model manifest id, samples/problems hashes)
+
+For trainers: ``score_model(model, tokenizer, problems, HumanEvalConfig(...))`` generates with a model already in
+memory and judges every sample in the same sandbox, writing nothing (mft-train's ``eval_problems``);
+``load_problems(path)`` reads a HumanEval-format file.
 """
 
 from __future__ import annotations
@@ -357,3 +361,67 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
         manifest_summary["files"] = manifest_summary["files"] + ["generation.json"]
         staging.finish(new_manifest("eval", TOOL, __version__, config, inputs, manifest_summary))
     return EvalResult(out, False, summary)
+
+
+@dataclass(frozen=True)
+class SampleVerdict:
+    """One generated sample of :func:`score_model`: what the model wrote and what the sandbox decided."""
+
+    task_id: str
+    sample: int
+    completion: str
+    status: str  # passed | failed | timed out | crashed
+    passed: bool
+    exc_type: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    verdicts: list[SampleVerdict]
+    generation_seconds: float
+    execution_seconds: float
+    isolation: str | None
+
+    def passed_per_problem(self) -> dict[str, tuple[int, int]]:
+        """``task_id -> (passed samples, samples)``."""
+        out: dict[str, tuple[int, int]] = {}
+        for v in self.verdicts:
+            c, n = out.get(v.task_id, (0, 0))
+            out[v.task_id] = (c + int(v.passed), n + 1)
+        return out
+
+
+def score_model(model, tokenizer, problems: list[dict], cfg: HumanEvalConfig, synced_gpus: bool = False) -> ModelScore:
+    """Generate for ``problems`` with a model already in memory (a trainer's current weights) and run every sample
+    in the sandbox, exactly as ``mft-eval humaneval`` would on that model saved to a folder (same prompts,
+    generation settings, post-processing, time limits and isolation; ``cfg.model``/``cfg.out``/``cfg.limit`` are
+    not used). Writes nothing. The caller's RNG state and the model's train/eval mode are left as they were.
+    """
+    import torch
+
+    from .generate import build_prompts, clean_completion, generate_with_model
+
+    if not problems:
+        return ModelScore([], 0.0, 0.0, None)
+    was_training = model.training
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            start = time.perf_counter()
+            prompting = build_prompts(tokenizer, problems, cfg)
+            raw = generate_with_model(model, tokenizer, prompting, cfg, synced_gpus=synced_gpus)
+            gen_seconds = time.perf_counter() - start
+        finally:
+            model.train(was_training)
+    samples = [
+        (p["task_id"], clean_completion(output, prompting)) for p, outputs in zip(problems, raw) for output in outputs
+    ]
+    index = [i for outputs in raw for i in range(len(outputs))]
+    results, sandbox, seconds = execute({p["task_id"]: p for p in problems}, samples, cfg)
+    verdicts = [
+        SampleVerdict(t, i, c, r.status, r.passed, r.exc_type, r.message)
+        for (t, c), i, r in zip(samples, index, results)
+    ]
+    return ModelScore(verdicts, round(gen_seconds, 3), round(seconds, 3), sandbox.get("level"))

@@ -80,6 +80,19 @@ def generate_hf(
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
     except (OSError, ValueError) as exc:
         raise ContractError(f"{model_dir}: cannot load the model ({exc})") from exc
+    return generate_with_model(model, tokenizer, prompting, cfg, on_progress)
+
+
+def generate_with_model(
+    model, tokenizer, prompting: Prompting, cfg: HumanEvalConfig, on_progress: Progress | None = None,
+    synced_gpus: bool = False,
+) -> list[list[str]]:  # fmt: skip
+    """``generate_hf`` on a model already in memory (on its device, in eval mode): what a trainer calls with its
+    current weights. ``synced_gpus``: every rank of a sharded model (ZeRO-3, FSDP) keeps stepping until all are
+    done, as their forwards gather weights together."""
+    import torch
+
+    device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -100,6 +113,8 @@ def generate_hf(
     )
     if prompting.stop:
         kwargs.update(stop_strings=list(prompting.stop), tokenizer=tokenizer)
+    if synced_gpus:
+        kwargs.update(synced_gpus=True)
     torch.manual_seed(cfg.seed)
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start : start + cfg.batch_size]

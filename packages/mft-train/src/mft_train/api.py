@@ -25,7 +25,9 @@ from .evaluation import Evaluator, ValidSet
 from .launch import check_launch_environment
 from .loop import Hooks, run_loop
 from .metrics import MetricsLog, plot_loss_per_task, read_metrics
+from .order import sampling_record
 from .output import plan_output, save_weights
+from .problem_eval import ProblemSets
 from .reporting import StepLogger
 from .session import Session, setup
 
@@ -77,12 +79,18 @@ def _loop(s: Session) -> LoopOutcome:
             pad_id=parts.pad_id,
             bf16=cfg.bf16,
         )
+    problems = ProblemSets.load(cfg, s.plan.model_dir, s.tokenizer, out)
+    if valid is not None or problems is not None:
         evaluator = Evaluator(
             valid=valid,
+            problems=problems,
             model=engine.model,
             log=log,
             save_best=lambda: save_weights(engine, s.tokenizer, out / "best"),
             patience=cfg.early_stop_patience,
+            select_by=cfg.select_by,
+            valid_every=cfg.eval_every,
+            problems_every=cfg.eval_problems_every or cfg.eval_every,
         )
     balancer = None
     if s.objective.balancing:
@@ -103,13 +111,13 @@ def _loop(s: Session) -> LoopOutcome:
             on_step=steps.on_step,
             on_eval=evaluator.on_eval if evaluator is not None else lambda state: False,
             on_save=lambda state: s.checkpointer.save(engine, state),
-            eval_every=cfg.eval_every,
+            eval_due=evaluator.due if evaluator is not None else lambda step: False,
             save_every=cfg.save_every,
             after_step=balancer.after_step if balancer is not None else lambda state: None,
         )
         state = run_loop(parts, s.state, hooks)
     if evaluator is not None and (evaluator.last is None or evaluator.last["step"] != state.step):
-        evaluator.on_eval(state)  # the final weights are always evaluated
+        evaluator.on_eval(state, final=True)  # the final weights are always evaluated
     return LoopOutcome(state=state, evaluator=evaluator, log=log)
 
 
@@ -123,6 +131,28 @@ def _finish(s: Session, outcome: LoopOutcome, wall: float) -> TrainResult:
         write_manifest(out, s.plan.manifest(summary))  # same recorded settings and inputs as the up-to-date check
     dist.barrier()
     return TrainResult(out, summary)
+
+
+def _shown_score(select_by: str, score: float | None) -> float | None:
+    """best_score as the user reads it (pass@1 is stored negated so that lower is better)."""
+    if score is None or not math.isfinite(score):
+        return None
+    return -score if select_by.startswith("pass@1") else score
+
+
+def _problems_cost(out: Path) -> dict:
+    """What in-training evaluation cost: seconds per problem evaluation against seconds per training step."""
+    records = read_metrics(out / "metrics.jsonl")
+    evals = [r["problems_seconds"] for r in records if r["kind"] == "eval" and "problems_seconds" in r]
+    steps = [r["seconds_per_step"] for r in records if r["kind"] == "train" and "seconds_per_step" in r]
+    seconds_per_step = sum(steps) / len(steps) if steps else None
+    mean_eval = sum(evals) / len(evals) if evals else None
+    return {
+        "evaluations": len(evals),
+        "seconds_per_evaluation": round(mean_eval, 3) if mean_eval is not None else None,
+        "seconds_per_step": round(seconds_per_step, 4) if seconds_per_step else None,
+        "evaluation_in_steps": round(mean_eval / seconds_per_step, 1) if mean_eval and seconds_per_step else None,
+    }
 
 
 def _summary(s: Session, outcome: LoopOutcome, wall: float) -> dict:
@@ -146,10 +176,14 @@ def _summary(s: Session, outcome: LoopOutcome, wall: float) -> dict:
         "stopped_early": state.stopped_early,
         "tokens_seen": state.tokens_seen,
         "supervised_tokens_per_task": state.task_tokens,
+        "task_sampling": sampling_record(s.parts.order, state.step, s.parts.global_batch),
         "final_train": train_rows[-1] if train_rows else None,
         "final_eval": outcome.evaluator.last if outcome.evaluator is not None else None,
         "best_valid": state.best_valid if state.best_valid is None or math.isfinite(state.best_valid) else None,
         "best_step": state.best_step,
+        "select_by": s.cfg.select_by,
+        "best_score": _shown_score(s.cfg.select_by, state.best_score),
+        "problems_eval": _problems_cost(out) if s.cfg.eval_problems else None,
         "wall_seconds": round(wall, 1),
         "tokenized_data": {"path": str(s.data.path.resolve()), "manifest_id": s.data.manifest_id},
         "resolved": {

@@ -35,6 +35,13 @@ class Rows:
         off = self._offsets[name]
         return self._values[name][off[i] : off[i + 1]]
 
+    def values(self, name: str) -> np.ndarray:
+        """A column's flat buffer (rows are ``values[offsets[i]:offsets[i + 1]]``)."""
+        return self._values[name]
+
+    def offsets(self, name: str) -> np.ndarray:
+        return self._offsets[name]
+
 
 @dataclass(frozen=True)
 class MicroBatch:
@@ -92,13 +99,6 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 def steps_per_epoch(n_rows: int, global_batch: int) -> int:
     return -(-n_rows // global_batch)
-
-
-def step_rows(n_rows: int, seed: int, step: int, global_batch: int) -> np.ndarray:
-    """The rows of global step ``step`` (0-based): a slice of its epoch's permutation."""
-    per_epoch = steps_per_epoch(n_rows, global_batch)
-    epoch, k = divmod(step, per_epoch)
-    return epoch_order(n_rows, seed, epoch)[k * global_batch : (k + 1) * global_batch]
 
 
 def rank_micro_batches(

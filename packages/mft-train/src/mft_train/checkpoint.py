@@ -48,8 +48,9 @@ class TrainState:
     step: int = 0
     tokens_seen: int = 0
     task_tokens: dict[str, int] = field(default_factory=dict)
-    best_valid: float | None = None
-    best_step: int | None = None
+    best_valid: float | None = None  # lowest mean valid loss so far
+    best_score: float | None = None  # best select_by value so far, lower is better (pass@1 negated)
+    best_step: int | None = None  # the step best/ holds
     bad_evals: int = 0
     stopped_early: bool = False
     balance: dict | None = None  # convergence-balancing histories and weights (balance.BalanceState)

@@ -102,13 +102,45 @@ class TrainConfig:
     save_every: int = _same_result(0, "Steps between checkpoints; 0: only the final output.")
     log_every: int = _same_result(10, "Steps between log lines.")
     save_limit: int = _same_result(2, "Checkpoints kept (older ones are deleted; 0: all).")
-    early_stop_patience: int = _yaml(0, "Evaluations without a better mean valid loss before stopping; 0: off.")
+    early_stop_patience: int = _yaml(0, "Evaluations without a better select_by metric before stopping; 0: off.")
+    # execution metrics while training (problem_eval.py, through mft-eval's public API: mft-train[eval]): greedy
+    # completions of each named problem set with the current weights, run in mft-eval's sandbox, pass@1 per set
+    eval_problems: dict[str, str] = opt(
+        help="HumanEval-format problem files to run while training, by name: {codegen: dev.jsonl}.",
+        cli=False,
+        default_factory=dict,
+    )
+    eval_problems_every: int = _yaml(0, "Steps between problem evaluations; 0: with every validation pass.")
+    eval_problems_limit: int = _yaml(0, "Only the first N problems of each set; 0: all.")
+    eval_problems_max_new_tokens: int = _yaml(256, "Tokens generated per problem at most.")
+    eval_problems_prompt: Literal["chat", "completion"] = _yaml(
+        "chat", "chat (the chat template, as mft-eval's default) | completion (raw prompt, stop sequences)."
+    )
+    eval_problems_batch_size: int = _same_result(8, "Problems generated at once (mft-eval --batch-size).")
+    eval_problems_timeout: float = _yaml(3.0, "CPU seconds per program at least (mft-eval --timeout).")
+    eval_problems_isolation: Literal["strong", "partial", "guard-only"] = _yaml(
+        "strong", "Least sandbox isolation to accept (mft-eval --isolation)."
+    )
+    eval_problems_workers: int = _same_result(0, "Programs run at once; 0: mft-eval's default.")
+    # which measurement picks best/ and drives early stopping
+    select_by: str = _yaml("valid_loss", "valid_loss | pass@1 (mean over eval_problems) | pass@1:NAME (one set).")
     # multi-task loss (loss.py) and how its task weights are set: static (task_weights, default 1.0 each) or moved
     # during training from validation-loss slopes (balance.py)
     loss: Loss = _yaml("auto", "auto | token | sample | task | task-sample (auto: task if several tasks, else token).")
     task_weighting: TaskWeighting = _yaml("static", "static (task_weights) | selfpaced | coba.")
     task_weights: dict[str, float] = opt(
         help="Static weight per task name (default 1.0 each).", cli=False, default_factory=dict
+    )
+    # how often each task's records are drawn per epoch relative to its size (mft_data.sampling), distinct from the
+    # loss's task_weights: 2.0 repeats each record twice (in different packed rows), 0.5 draws half of them afresh
+    # each epoch; an epoch is the sampled multiset
+    task_sampling: dict[str, float] = opt(
+        help="Draws per epoch relative to each task's size: {codegen: 2.0, explain: 0.5} (default 1.0 each).",
+        cli=False,
+        default_factory=dict,
+    )
+    task_sampling_by: Literal["records", "tokens"] = _yaml(
+        "records", "What task_sampling ratios count: records | tokens (r x the task's tokens, to within one record)."
     )
     coba_update_interval: int = _yaml(1, "CoBa: optimizer steps between weight updates.")
     coba_sample_valid_num: int = _yaml(1, "CoBa: valid micro-batches the fixed set and every update are measured on.")
@@ -186,6 +218,35 @@ class TrainConfig:
             raise ConfigError(f"task_weights act only in loss task or task-sample, not {self.loss}")
         if any(w < 0 for w in self.task_weights.values()):
             raise ConfigError("task_weights must be >= 0")
+        if any(not float(r) >= 0 for r in self.task_sampling.values()):
+            raise ConfigError("task_sampling ratios must be >= 0", fix="task_sampling: {codegen: 2.0, explain: 0.5}")
+        self._check_problems()
+        if self.task_sampling_by not in ("records", "tokens"):
+            raise ConfigError(f"task_sampling_by: {self.task_sampling_by!r} is not records or tokens")
+
+    def _check_problems(self) -> None:
+        from pathlib import Path
+
+        for name, path in self.eval_problems.items():
+            if not Path(path).is_file():
+                raise ConfigError(f"eval_problems: {name}: {path} is not a file", fix="a HumanEval-format .jsonl")
+        if min(self.eval_problems_every, self.eval_problems_limit, self.eval_problems_workers) < 0:
+            raise ConfigError("eval_problems_every, eval_problems_limit and eval_problems_workers must be >= 0")
+        if self.eval_problems_max_new_tokens < 1 or self.eval_problems_batch_size < 1:
+            raise ConfigError("eval_problems_max_new_tokens and eval_problems_batch_size must be >= 1")
+        by = self.select_by
+        if by == "valid_loss":
+            return
+        if by == "pass@1" or by.startswith("pass@1:"):
+            name = by.removeprefix("pass@1").removeprefix(":")
+            if not self.eval_problems:
+                raise ConfigError(f"select_by: {by} needs eval_problems", fix="eval_problems: {codegen: dev.jsonl}")
+            if name and name not in self.eval_problems:
+                raise ConfigError(
+                    f"select_by: {by}: no problem set {name!r}", fix=f"one of: {', '.join(self.eval_problems)}"
+                )
+            return
+        raise ConfigError(f"select_by: {by!r} is not valid_loss, pass@1 or pass@1:NAME")
 
     @property
     def lora(self) -> bool:

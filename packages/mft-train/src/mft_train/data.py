@@ -18,6 +18,8 @@ class TrainData:
     train: Rows
     valid: Rows | None
     manifest_id: str
+    packed: bool = True  # rows hold several records (mft-data tokenize --mode pack)
+    row_tokens: int = 0  # the tokenized folder's --seq-len: what a packed row holds at most
 
 
 def prepare_data(
@@ -74,4 +76,5 @@ def load_data(path: Path, model_dir: Path, seq_len: int) -> TrainData:
             fix=f"re-run mft-data tokenize with --tokenizer {model_dir}",
         )
     valid = Rows(data.valid) if data.valid is not None and len(data.valid) else None
-    return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id)
+    packed = data.manifest.config.get("mode", "pack") == "pack"
+    return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id, packed, data.seq_len)

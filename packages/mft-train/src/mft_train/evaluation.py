@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from mft_core.ui import console
@@ -72,29 +73,66 @@ class ValidSet:
         return evaluate(model, self.rows, self.tasks, self.micro_batch_size, self.pad_id, self.bf16, indices)
 
 
+def selection_score(select_by: str, record: dict) -> float | None:
+    """The number ``select_by`` ranks an eval record by, lower is better (None: not measured in this record)."""
+    if select_by == "valid_loss":
+        return record.get("loss")
+    passed = record.get("pass_at_1")
+    if passed is None:
+        return None
+    name = select_by.removeprefix("pass@1").removeprefix(":")
+    values = [passed[name]] if name else [v for v in passed.values() if v is not None]
+    values = [v for v in values if v is not None]
+    return -sum(values) / len(values) if values else None
+
+
 @dataclass(kw_only=True)
 class Evaluator:
-    """The loop's eval hook: logs the valid losses, keeps the best weights, stops early after ``patience`` evals
-    without a better mean (0: never)."""
+    """The loop's eval hook: valid losses every ``valid_every`` steps, pass@1 of the problem sets every
+    ``problems_every`` (both at the end); keeps the best weights by ``select_by`` and stops early after
+    ``patience`` measurements of it without improvement (0: never)."""
 
-    valid: ValidSet
+    valid: ValidSet | None
+    problems: Any  # problem_eval.ProblemSets, or None
     model: torch.nn.Module
     log: MetricsLog
     save_best: Callable[[], None]
     patience: int
-    last: dict | None = None  # the latest eval: step, mean, task_loss
+    select_by: str = "valid_loss"
+    valid_every: int = 0
+    problems_every: int = 0
+    last: dict | None = None  # the latest eval: step, mean, task_loss (and pass_at_1)
 
-    def on_eval(self, state: TrainState) -> bool:
-        task_loss = self.valid.losses(self.model)
-        mean = mean_valid(task_loss)
-        self.last = {"step": state.step, "mean": mean, "task_loss": task_loss}
-        self.log.log({"kind": "eval", "step": state.step, "loss": mean, "task_loss": task_loss})
-        if state.best_valid is None or mean < state.best_valid:
-            state.best_valid, state.best_step, state.bad_evals = mean, state.step, 0
+    def due(self, step: int) -> bool:
+        return any(every and step % every == 0 for every in self._every())
+
+    def _every(self) -> tuple[int, int]:
+        return (self.valid_every if self.valid is not None else 0, self.problems_every if self.problems else 0)
+
+    def on_eval(self, state: TrainState, final: bool = False) -> bool:
+        valid_every, problems_every = self._every()
+        record: dict = {"kind": "eval", "step": state.step}
+        if self.valid is not None and (final or (valid_every and state.step % valid_every == 0)):
+            task_loss = self.valid.losses(self.model)
+            record.update(loss=mean_valid(task_loss), task_loss=task_loss)
+        if self.problems is not None and (final or (problems_every and state.step % problems_every == 0)):
+            measured = self.problems.measure(self.model, state.step)
+            record.update(pass_at_1=measured["pass_at_1"], passed=measured["passed"],
+                          problems_seconds=measured["seconds"])  # fmt: skip
+        self.last = {"step": state.step, "mean": record.get("loss"), "task_loss": record.get("task_loss"),
+                     "pass_at_1": record.get("pass_at_1")}  # fmt: skip
+        self.log.log(record)
+        if "loss" in record and (state.best_valid is None or record["loss"] < state.best_valid):
+            state.best_valid = record["loss"]
+        score = selection_score(self.select_by, record)
+        if score is None:
+            return False
+        if state.best_score is None or score < state.best_score:
+            state.best_score, state.best_step, state.bad_evals = score, state.step, 0
             self.save_best()
         else:
             state.bad_evals += 1
         stop = bool(self.patience) and state.bad_evals >= self.patience
         if stop and dist.is_main():
-            console.print(f"early stop at step {state.step}: no better mean valid loss for {state.bad_evals} evals")
+            console.print(f"early stop at step {state.step}: no better {self.select_by} for {state.bad_evals} evals")
         return stop

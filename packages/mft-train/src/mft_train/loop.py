@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from . import attention, chunked_head, dist
-from .batches import MicroBatch, Rows, collate, rank_micro_batches, step_rows, steps_per_epoch
+from .batches import MicroBatch, Rows, collate, rank_micro_batches
 from .checkpoint import TrainState
 from .engine import Engine
 from .loss import StepCounts, Targets, count_targets, micro_batch_loss, per_target_loss, target_weights, task_sums
 from .objective import Objective
+from .order import FixedOrder, step_rows
 
 
 @dataclass
@@ -47,11 +48,15 @@ class LoopParts:
     bf16: bool
     max_grad_norm: float
     total_steps: int
+    # which rows each epoch holds (task sampling draws them per epoch); default: ``rows`` as they are
+    order: object = None
     # w_t of the next step: the objective's weights, replaced by the balancer's when they move
     task_weights: torch.Tensor = field(init=False)
 
     def __post_init__(self):
         self.task_weights = torch.tensor(self.objective.weights, dtype=torch.float64)
+        if self.order is None:
+            self.order = FixedOrder(self.rows, self.seed)
 
     @property
     def global_batch(self) -> int:
@@ -119,9 +124,9 @@ def _hf_config(model):
 
 
 def plan_step(parts: LoopParts, step: int) -> list[MicroBatch]:
-    rows = step_rows(len(parts.rows), parts.seed, step, parts.global_batch)
-    plan = rank_micro_batches(rows, dist.rank(), dist.world_size(), parts.micro_batch_size, parts.grad_accum)
-    batches = [collate(parts.rows, idx, parts.pad_id) for idx in plan]
+    rows, chosen = step_rows(parts.order, step, parts.global_batch, parts.seed)
+    plan = rank_micro_batches(chosen, dist.rank(), dist.world_size(), parts.micro_batch_size, parts.grad_accum)
+    batches = [collate(rows, idx, parts.pad_id) for idx in plan]
     if dist.world_size() == 1:
         batches = [b for b in batches if not b.empty]
     return batches
@@ -178,10 +183,6 @@ def to_device(targets: Targets, device) -> Targets:
     return Targets(targets.labels.to(device), targets.task_ids.to(device), targets.sample_ids.to(device))
 
 
-def total_steps_for(n_rows: int, global_batch: int, epochs: int, max_steps: int) -> int:
-    return max_steps if max_steps > 0 else epochs * steps_per_epoch(n_rows, global_batch)
-
-
 @dataclass(kw_only=True)
 class Hooks:
     """What the loop calls back into: logging, evaluation, checkpointing (kept out of the loop's body)."""
@@ -189,7 +190,7 @@ class Hooks:
     on_step: Callable[[TrainState, StepResult], None]
     on_eval: Callable[[TrainState], bool]  # returns True to stop early
     on_save: Callable[[TrainState], None]
-    eval_every: int
+    eval_due: Callable[[int], bool]  # whether step N evaluates (valid losses, problem sets)
     save_every: int
     after_step: Callable[[TrainState], None] = lambda state: None  # e.g. convergence balancing
 
@@ -204,7 +205,7 @@ def run_loop(parts: LoopParts, state: TrainState, hooks: Hooks) -> TrainState:
         hooks.after_step(state)
         hooks.on_step(state, result)
         last = state.step == parts.total_steps
-        if hooks.eval_every and (state.step % hooks.eval_every == 0) and not last:
+        if hooks.eval_due(state.step) and not last:
             state.stopped_early = hooks.on_eval(state)
         if hooks.save_every and state.step % hooks.save_every == 0 and not last:
             hooks.on_save(state)

@@ -41,7 +41,7 @@ class MetricsLog:
                 continue
             if isinstance(value, dict):
                 for task, v in value.items():
-                    if v is not None:
+                    if isinstance(v, (int, float)):  # counts like passed: [c, n] stay in metrics.jsonl
                         self.writer.add_scalar(f"{record['kind']}/{key}/{task}", v, step)
             elif isinstance(value, (int, float)) and value is not None:
                 self.writer.add_scalar(f"{record['kind']}/{key}", value, step)
@@ -65,7 +65,9 @@ def plot_loss_per_task(metrics_path: Path, out: Path, extra_panel: str | None = 
     records = read_metrics(metrics_path)
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    panels = 2 if extra_panel and any(extra_panel in r for r in records) else 1
+    with_extra = bool(extra_panel) and any(extra_panel in r for r in records)
+    passed = [r for r in evals if r.get("pass_at_1")]
+    panels = 1 + with_extra + bool(passed)
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
     tasks = sorted(
@@ -83,7 +85,17 @@ def plot_loss_per_task(metrics_path: Path, out: Path, extra_panel: str | None = 
     ax.set_ylabel("loss (token mean per task)")
     ax.set_title("loss per task")
     ax.legend(fontsize=8)
-    if extra_panel and panels == 2:
+    if passed:  # execution metrics while training (eval_problems): pass@1 per problem set
+        ax3 = axes[0][panels - 1]
+        for i, name in enumerate(sorted({n for r in passed for n in r["pass_at_1"]})):
+            pts = [(r["step"], 100 * r["pass_at_1"][name]) for r in passed if r["pass_at_1"].get(name) is not None]
+            if pts:
+                ax3.plot(*zip(*pts), color=f"C{i % 10}", marker="o", label=name)
+        ax3.set_xlabel("step")
+        ax3.set_ylabel("pass@1 (%)")
+        ax3.set_title("pass@1 per problem set (greedy)")
+        ax3.legend(fontsize=8)
+    if with_extra and extra_panel:
         ax2 = axes[0][1]
         rows = [r for r in records if extra_panel in r]
         for i, task in enumerate(tasks):

@@ -51,6 +51,7 @@ class StepLogger:
                     "lr": self.lr(),
                     "grad_norm": window[-1]["grad_norm"],
                     "tokens_per_s": sum(x["real_tokens"] for x in window) / max(seconds, 1e-9),
+                    "seconds_per_step": seconds / len(window),
                     "tokens_seen": state.tokens_seen,
                 }
             )

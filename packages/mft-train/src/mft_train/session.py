@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from mft_core.config import config_to_dict
+from mft_core.errors import ConfigError
 from mft_core.manifest import write_text_atomic
 from mft_core.ui import console
 
@@ -18,9 +19,10 @@ from .data import TrainData, load_data, prepare_data
 from .engine import Engine, make_optimizer
 from .engine_zero import zero3_loading
 from .engines import make_engine
-from .loop import LoopParts, total_steps_for
+from .loop import LoopParts
 from .modeling import load_model, load_tokenizer
 from .objective import Objective, resolve_objective
+from .order import FixedOrder, SampledOrder, total_steps
 from .output import OutputPlan
 from .schedule import make_scheduler
 
@@ -47,7 +49,8 @@ def setup(cfg: TrainConfig, kind: str, plan: OutputPlan) -> Session:
     tokenizer = load_tokenizer(plan.model_dir)
     data = _data(cfg, kind, plan.model_dir, out)
     objective = resolve_objective(cfg, data.tasks)
-    engine, total = _engine(cfg, plan.model_dir, tokenizer, len(data.train))
+    order = data_order(cfg, data)
+    engine, total = _engine(cfg, plan.model_dir, tokenizer, order)
     parts = LoopParts(
         engine=engine,
         rows=data.train,
@@ -60,6 +63,7 @@ def setup(cfg: TrainConfig, kind: str, plan: OutputPlan) -> Session:
         bf16=cfg.bf16,
         max_grad_norm=cfg.max_grad_norm,
         total_steps=total,
+        order=order,
     )
     resolved = {**config, "loss": objective.loss, "task_weighting": objective.weighting}
     checkpointer = Checkpointer(out=out, save_limit=cfg.save_limit, config=resolved)
@@ -92,7 +96,25 @@ def _data(cfg: TrainConfig, kind: str, model_dir: Path, out: Path) -> TrainData:
     return load_data(Path(path), model_dir, cfg.seq_len)
 
 
-def _engine(cfg: TrainConfig, model_dir: Path, tokenizer, n_rows: int) -> tuple[Engine, int]:
+def data_order(cfg: TrainConfig, data: TrainData) -> FixedOrder | SampledOrder:
+    """The rows of each epoch: the tokenized ones, or drawn per task with ``task_sampling``."""
+    if not cfg.task_sampling:
+        return FixedOrder(data.train, cfg.seed)
+    try:
+        return SampledOrder(
+            rows=data.train,
+            tasks=data.tasks,
+            sampling=cfg.task_sampling,
+            by=cfg.task_sampling_by,
+            seed=cfg.seed,
+            capacity=data.row_tokens or cfg.seq_len,
+            packed=data.packed,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), fix="task_sampling: {TASK: RATIO, ...} with this data's tasks") from exc
+
+
+def _engine(cfg: TrainConfig, model_dir: Path, tokenizer, order) -> tuple[Engine, int]:
     """The model, loaded and wrapped by the strategy's engine, and the run's number of optimizer steps."""
     from transformers import set_seed
 
@@ -105,7 +127,7 @@ def _engine(cfg: TrainConfig, model_dir: Path, tokenizer, n_rows: int) -> tuple[
     world = dist.world_size()
     if partitioned_loading is not None and dist.is_main() and any(hasattr(p, "ds_id") for p in model.parameters()):
         console.print(f"ZeRO-3: the model was loaded partitioned over {world} ranks (deepspeed.zero.Init)")
-    total = total_steps_for(n_rows, cfg.micro_batch_size * cfg.grad_accum * world, cfg.epochs, cfg.max_steps)
+    total = total_steps(order, cfg.micro_batch_size * cfg.grad_accum * world, cfg.epochs, cfg.max_steps)
     engine = make_engine(
         cfg,
         model,
