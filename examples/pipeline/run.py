@@ -45,6 +45,7 @@ FULL = dict(
     new_tokens=96,
     calib_samples=128,
     dev=8,
+    min_agreement=0.9,
 )
 QUICK = dict(
     preset="tiny",
@@ -57,6 +58,9 @@ QUICK = dict(
     new_tokens=24,
     calib_samples=8,
     dev=2,
+    # a model trained for a few steps, measured on 8 calibration records: the gate's agreement is noise here (88 %
+    # to 93 % across data orders), so --quick checks the gate runs, at a lower bar; the full demo keeps 0.9
+    min_agreement=0.8,
 )
 
 
@@ -209,7 +213,7 @@ class Pipeline:
             "--max-nll-increase",
             "0.05",
             "--min-agreement",
-            "0.9",
+            str(self.s["min_agreement"]),
             "--overwrite",
         )
 

@@ -18,6 +18,7 @@ from mft_core.errors import ConfigError
 
 from . import dist
 from .config import TrainConfig
+from .loop import autocast
 
 EXTRA_FIX = "pip install 'mft-train[eval]' (it adds mft-eval), or remove eval_problems from the config"
 
@@ -55,6 +56,9 @@ class ProblemSets:
     tokenizer: object
     sharded: bool  # ZeRO-3 / FSDP: ranks must generate in step
     out: Path
+    # under bf16 training the weights may be mixed bf16/fp32 (PEFT adapters): generate under the same autocast as
+    # the training forward (fp32 runs are what `mft-eval humaneval` computes on CPU, to the bit)
+    bf16: bool = False
 
     @staticmethod
     def load(cfg: TrainConfig, model_dir: Path, tokenizer, out: Path) -> ProblemSets | None:
@@ -67,7 +71,7 @@ class ProblemSets:
             sets[name] = problems[: cfg.eval_problems_limit] if cfg.eval_problems_limit else problems
         sharded = cfg.strategy in ("zero3", "fsdp") and dist.world_size() > 1
         return ProblemSets(sets=sets, settings=eval_settings(cfg, model_dir, out), tokenizer=tokenizer,
-                           sharded=sharded, out=out)  # fmt: skip
+                           sharded=sharded, out=out, bf16=cfg.bf16)  # fmt: skip
 
     def measure(self, model, step: int) -> dict:
         """``{"pass_at_1": {name: p}, "passed": {name: [c, n]}, "seconds": s}`` at ``step`` (same on every rank);
@@ -88,7 +92,8 @@ class ProblemSets:
                 counted = len(problems[rank::world])
             else:
                 counted = len(mine)
-            score = api.score_model(generator, self.tokenizer, mine, self.settings, synced_gpus=self.sharded)
+            with autocast(self.bf16):
+                score = api.score_model(generator, self.tokenizer, mine, self.settings, synced_gpus=self.sharded)
             verdicts = score.verdicts[:counted]
             counts[k, 0] = sum(v.passed for v in verdicts)
             counts[k, 1] = len(verdicts)
