@@ -18,6 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
+DEV_SETS = ("numbers", "strings", "lists")
 sys.path.insert(0, str(HERE.parent / "pipeline"))
 
 
@@ -28,8 +29,8 @@ def prepare(work: Path) -> Path:
 
     base = init_base(InitBaseConfig(family="llama", preset="tiny", out=str(work / "base")))
     raw = work / "raw"
-    if not (raw / "heldout.jsonl").exists():
-        generate(raw, seed=3, n_codegen=600, n_explain=2400, n_bugfix=150, n_heldout=1)
+    if not (raw / "dev_lists.jsonl").exists():
+        generate(raw, seed=3, n_codegen=600, n_explain=2400, n_bugfix=150, n_heldout=1, n_dev=10)
     for task, name in (
         ("explain", "explain.sharegpt.jsonl"),
         ("codegen", "codegen.alpaca.jsonl"),
@@ -66,6 +67,9 @@ def train(work: Path, base: Path, mode: str, steps: int) -> Path:
             coba_warmup_steps=10,
             coba_history_length=30,
             coba_sample_valid_num=4,
+            # pass@1 on the codegen dev sets (one per family group) at every eval, next to the valid losses
+            eval_problems={f"codegen-{g}": str(work / "raw" / f"dev_{g}.jsonl") for g in DEV_SETS},
+            eval_problems_max_new_tokens=64,
         )
     )
     return out
@@ -76,13 +80,18 @@ def curves(out: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if r["kind"] == "eval"], [r for r in rows if r["kind"] == "balance"]
 
 
+def mean_pass(record: dict) -> float:
+    values = [v for v in record["pass_at_1"].values() if v is not None]
+    return sum(values) / len(values)
+
+
 def plot(runs: dict[str, tuple[list, list]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.6))
     tasks = sorted(runs["task"][0][-1]["task_loss"])
     for ax, mode in zip(axes[:2], ("task", "coba")):
         for i, task in enumerate(tasks):
@@ -104,6 +113,13 @@ def plot(runs: dict[str, tuple[list, list]], path: Path) -> None:
     axes[2].set_title("CoBa task weights")
     axes[2].set_xlabel("step")
     axes[2].legend()
+    for mode, style in (("task", "--"), ("coba", "-")):
+        evals = [r for r in runs[mode][0] if r.get("pass_at_1")]
+        axes[3].plot([r["step"] for r in evals], [100 * mean_pass(r) for r in evals], style, marker="o", label=mode)
+    axes[3].set_title("codegen dev pass@1 (mean of 3 sets, greedy)")
+    axes[3].set_xlabel("step")
+    axes[3].set_ylabel("%")
+    axes[3].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -122,23 +138,33 @@ def main() -> None:
     for mode, (evals, _) in runs.items():
         final = evals[-1]["task_loss"]
         values = list(final.values())
+        passed = [r for r in evals if r.get("pass_at_1")]
         results[mode] = {
             "final_valid": final,
             "mean": sum(values) / len(values),
             "worst": max(values),
             "gap": max(values) - min(values),
+            "final_pass_at_1": passed[-1]["pass_at_1"],
+            "final_pass_at_1_mean": mean_pass(passed[-1]),
+            "best_pass_at_1_mean": max(mean_pass(r) for r in passed),
+            "pass_at_1_curve": [[r["step"], round(mean_pass(r), 4)] for r in passed],
+            "seconds_per_problem_eval": sum(r["problems_seconds"] for r in passed) / len(passed),
         }
     results["settings"] = {"steps": args.steps, "preset": "tiny", "seq_len": 256, "micro_batch_size": 8, "seed": 0}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     tasks = sorted(results["task"]["final_valid"])
-    print("| loss_mode | " + " | ".join(tasks) + " | mean | worst | gap (worst - best) |")
-    print("|---|" + "---|" * (len(tasks) + 3))
+    sets = [f"codegen-{g}" for g in DEV_SETS]
+    print("| loss_mode | " + " | ".join(tasks) + " | mean | worst | gap (worst - best) | "
+          + " | ".join(f"pass@1 {n}" for n in sets) + " | pass@1 mean (best) |")  # fmt: skip
+    print("|---|" + "---|" * (len(tasks) + 4 + len(sets)))
     for mode in ("task", "coba"):
         r = results[mode]
         print(
             f"| {mode} | "
             + " | ".join(f"{r['final_valid'][t]:.4f}" for t in tasks)
-            + f" | {r['mean']:.4f} | {r['worst']:.4f} | {r['gap']:.4f} |"
+            + f" | {r['mean']:.4f} | {r['worst']:.4f} | {r['gap']:.4f} | "
+            + " | ".join(f"{100 * r['final_pass_at_1'][n]:.0f} %" for n in sets)
+            + f" | {100 * r['final_pass_at_1_mean']:.1f} % ({100 * r['best_pass_at_1_mean']:.1f} %) |"
         )
 
 

@@ -150,7 +150,8 @@ def test_two_processes_equal_one(reference, strategy, tmp_path):
     PeftModel.from_pretrained(base, out / "adapter")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+# fsdp (synced generation on a sharded model) passes too; it runs in `make test-slow` to keep `make test` shorter
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_problem_eval_two_processes_equal_one(llama_base, strategy, tmp_path):
     """eval_problems under 2 ranks: problems split over ranks, counts summed; pass@1 as with 1 process (fsdp: the
     sharded model generates in step on both ranks)."""
