@@ -198,6 +198,7 @@ class Pipeline:
             # pass@1 per codegen family group while training (the dev sets: never the held-out problems)
             sets_ = ", ".join(f"codegen-{g}: {r / 'raw' / f'dev_{g}.jsonl'}" for g in ("numbers", "strings", "lists"))
             keys += [f"eval_problems={{{sets_}}}", f"eval_problems_max_new_tokens={self.s['new_tokens']}"]
+            keys.append("select_by=pass@1")  # best/ by the dev sets' pass@1 (the YAML alone still runs without them)
         self.sh("train", self.tool("mft-train"), "run", self.config, *sets(*keys))
 
     def merge(self) -> None:
