@@ -148,3 +148,17 @@ def test_numpy_view_matches_rows_interface(data):
     _, rows = data
     order = FixedOrder(rows, 0)
     assert isinstance(order.epoch_rows(0).lengths, np.ndarray)
+
+
+def test_steps_of_a_late_epoch_do_not_repack_earlier_epochs(data, monkeypatch):
+    import mft_data.api
+
+    tok, _ = data
+    order = order_for(data, {tok.tasks[0]: 2.0})
+    calls = []
+    real = mft_data.api.best_fit_decreasing
+    monkeypatch.setattr(mft_data.api, "best_fit_decreasing", lambda *a, **k: calls.append(1) or real(*a, **k))
+    steps = total_steps(order, 4, epochs=3, max_steps=0)  # packs epochs 0, 1, 2 once each
+    for step in range(steps - 3, steps):  # three steps of the last epoch
+        step_rows(order, step, 4, 3)
+    assert len(calls) == 3

@@ -90,6 +90,8 @@ class SampledOrder:
     _records: RecordTable = field(init=False)
     _ratios: np.ndarray = field(init=False)
     _cache: dict[int, RecordRows] = field(init=False, default_factory=dict)
+    # rows per epoch, kept for every epoch seen: locating a step walks all earlier epochs, which must not re-pack
+    _sizes: dict[int, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self):
         from mft_data.api import task_ratios
@@ -114,10 +116,13 @@ class SampledOrder:
             else:
                 rows = RecordRows(self._records, [ids[i : i + 1] for i in range(len(ids))])
             self._cache = {epoch: rows}  # one epoch at a time: an epoch's steps are consecutive
+            self._sizes[epoch] = len(rows)
         return self._cache[epoch]
 
     def epoch_size(self, epoch: int) -> int:
-        return len(self.epoch_rows(epoch))
+        if epoch not in self._sizes:
+            self.epoch_rows(epoch)
+        return self._sizes[epoch]
 
     def realised(self, epoch: int) -> dict[str, dict[str, int]]:
         from mft_data.api import realised
