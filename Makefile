@@ -3,7 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := DS_BUILD_OPS=0 $(BIN)/pip install --disable-pip-version-check -c constraints.txt
-PACKAGES := mft-core mft-data mft-train mft-merge mft-quant mft-eval
+# dependency order: pip 23 cannot find a local package named after the one that needs it (mft-train[test] -> mft-eval)
+PACKAGES := mft-core mft-data mft-eval mft-train mft-merge mft-quant
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
