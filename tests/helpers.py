@@ -170,3 +170,37 @@ def memorise_folder(tmp: Path, base: Path, k: int = 3, seq_len: int = 128) -> di
     gen = [add_k_problem(k), add_k_problem(k, task_id="Demo/again"), add_k_problem(k, k + 1), add_k_problem(k, k + 2)]
     other = [add_k_problem(k, k - 1), add_k_problem(k, task_id="Demo/other")]
     return {"tok": out, "gen": write_jsonl(tmp / "gen.jsonl", gen), "other": write_jsonl(tmp / "other.jsonl", other)}
+
+
+def pair_rows(n: int = 12, multi_turn_every: int = 4) -> list[dict]:
+    """Preference rows in MFTCoder's xxpo layout: a right and a wrong answer to the same prompt (some multi-turn)."""
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": f"Write solve(x) returning x plus {i}."}]
+        if i % multi_turn_every == 0:  # an earlier exchange both sides share (context, never supervised)
+            prompt = [
+                {"role": "user", "content": "Say hi."},
+                {"role": "assistant", "content": "hi"},
+                *prompt,
+            ]
+        good = f"def solve(x):\n    return x + {i}" + "  # plus" * (i % 3)
+        bad = f"def solve(x):\n    return x - {i}" + " * 1" * (i % 5)
+        rows.append(
+            {
+                "id": f"p{i}",
+                "chosen": [*prompt, {"role": "assistant", "content": good}],
+                "rejected": [*prompt, {"role": "assistant", "content": bad}],
+            }
+        )
+    return rows
+
+
+def pair_folder(tmp: Path, base: Path, seq_len: int = 192, split: float | None = 0.25, **tasks) -> Path:
+    """A tokenized preference folder (real format -> split -> tokenize); tasks default to two of pair_rows."""
+    from mft_data.api import TokenizeConfig, tokenize_folder
+
+    tasks = tasks or {"gen": pair_rows(12), "fix": pair_rows(8, 3)}
+    folder = format_folder(tmp / "pairs-data", tasks, split=split)
+    out = tmp / "pairs-tok"
+    tokenize_folder(TokenizeConfig(folder=str(folder), tokenizer=str(base), out=str(out), seq_len=seq_len))
+    return out

@@ -43,6 +43,16 @@ def test_humaneval_end_to_end_on_tiny_model(llama_base, tmp_path):
     )
     assert [r["task_id"] for r in results] == [s["task_id"] for s in samples]
     assert all(r["status"] in ("passed", "failed", "timed out", "crashed") for r in results)
+    # the chat turns each prompt was rendered from, for `mft-data from-eval`: they render to the exact prompt
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_base)
+    assert all(tok.apply_chat_template(s["messages"], tokenize=False, add_generation_prompt=True) == s["prompt"]
+               for s in samples)  # fmt: skip
+    from mft_data.cli import app as data_app
+
+    refused = runner.invoke(data_app, ["from-eval", str(out), "--task", "t", "--out", str(tmp_path / "d")])
+    assert refused.exit_code != 0 and "HumanEval itself" in refused.output and not (tmp_path / "d").exists()
     assert summary["tasks"] == 3 and set(summary["pass_at_k"]) == {"pass@1"} and summary["skipped_k"] == [10, 100]
     assert summary["sandbox"]["level"] and summary["versions"]["transformers"]
     manifest = read_manifest(out, "eval")
@@ -151,3 +161,44 @@ def test_sandbox_command_reports_isolation():
     info = json.loads(res.stdout)
     assert info["self_check"] == {"correct program": "passed", "always-equal object": "failed", "network": "failed"}
     assert info["level"] in ("strong", "partial")
+
+
+MBPP = [  # the layout of MBPP's mbpp.jsonl (task 2 and a made-up one with setup code and a challenge test)
+    {"task_id": 2, "text": "Write a function to find the shared elements from the given two lists.",
+     "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
+             "  return (res) ",
+     "test_list": ["assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))",
+                   "assert set(similar_elements((1, 2, 3, 4),(5, 4, 3, 7))) == set((3, 4))"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 900, "text": "Write a function that scales a number by FACTOR.",
+     "code": "def helper(x):\n    return x\n\ndef scale(x):\n    return helper(x) * FACTOR",
+     "test_list": ["assert scale(2) == 6"], "test_setup_code": "FACTOR = 3",
+     "challenge_test_list": ["assert scale(-1) == -3"]},
+]  # fmt: skip
+
+
+def test_convert_mbpp_gives_problems_that_score_their_own_code(tmp_path):
+    src = tmp_path / "mbpp.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in MBPP))
+    problems = tmp_path / "problems.jsonl"
+    res = runner.invoke(app, ["convert", str(src), "--from", "mbpp", "--out", str(problems)])
+    assert res.exit_code == 0, res.output
+    converted = [json.loads(line) for line in problems.read_text().splitlines()]
+    assert [p["task_id"] for p in converted] == ["MBPP/2", "MBPP/900"]
+    assert [p["entry_point"] for p in converted] == ["similar_elements", "scale"]  # not the helper
+    assert converted[0]["prompt"].startswith("def similar_elements(test_tup1, test_tup2):\n")
+    assert "shared elements" in converted[0]["prompt"] and "assert set(similar_elements" in converted[0]["prompt"]
+    assert "FACTOR = 3" in converted[1]["test"] and "scale(-1)" in converted[1]["test"]
+    samples = tmp_path / "s.jsonl"
+    rows = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in converted]
+    rows += [{"task_id": "MBPP/900", "completion": "\ndef scale(x):\n    return x * 2\n"}]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scored"
+    res = runner.invoke(app, ["score", str(samples), "--problems", str(problems), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    statuses = [json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert statuses == ["passed", "passed", "failed"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": 3, "text": "t", "code": "def f(x):\n    return x", "test_list": []}) + "\n")
+    res = runner.invoke(app, ["convert", str(bad), "--from", "mbpp", "--out", str(tmp_path / "p2.jsonl")])
+    assert res.exit_code != 0 and "bad.jsonl:1" in res.output and "test_list" in res.output

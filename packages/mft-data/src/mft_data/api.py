@@ -16,12 +16,22 @@ from mft_core.datafolder import FORMAT_COMMAND, SPLIT_FILES, Split, has_split, i
 from mft_core.errors import ConfigError
 from mft_core.manifest import read_manifest
 
-from .config import DecontamConfig, FormatConfig, SplitConfig, StatsConfig, TokenizeConfig, ValidateConfig
+from .config import (
+    DecontamConfig,
+    FormatConfig,
+    FromEvalConfig,
+    SplitConfig,
+    StatsConfig,
+    TokenizeConfig,
+    ValidateConfig,
+)
 from .decontam import Matcher, humaneval_texts, record_text
 from .encode import ChatEncoder, Encoded, chat_template_of
 from .folder import Progress, begin_edit, load_summary, update_folder_manifest, write_jsonl_atomic
 from .formatting import FormatResult, format_task
+from .from_eval import FromEvalResult, from_eval
 from .pack import best_fit_decreasing
+from .pairs import is_pair, pair_problems, sides
 from .sampling import SampleBy, realised, sample_epoch, task_ratios
 from .splitting import split_ids
 from .text_data import TextTokenizeConfig, text_files_ref, tokenize_text_files
@@ -61,6 +71,12 @@ __all__ = [
     "sample_epoch",
     "task_ratios",
     "realised",
+    "FromEvalConfig",
+    "FromEvalResult",
+    "from_eval",
+    "is_pair",
+    "pair_problems",
+    "sides",
 ]
 
 
@@ -212,9 +228,11 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
         unit = "tokens" if encoder else "chars"
 
         def measure(records: list[dict]) -> list[int]:
+            """Length of each record; a preference pair counts as one record of both sides (one row holds both)."""
+            pairs = [r for r in records if is_pair(r)]
             if encoder is not None:
-                return [len(e.input_ids) for e in encoder.encode(records)]
-            return [sum(len(t["content"]) for t in r["chat_rounds"]) for r in records]
+                return [len(e.input_ids) for e in (encoder.encode_pairs(pairs) if pairs else encoder.encode(records))]
+            return [len(record_text(r)) for r in records]
 
         lengths = {task: measure(records) for task, records in read_formatted_records(folder).items()}
         split_done = has_split(folder)

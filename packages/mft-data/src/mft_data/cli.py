@@ -58,6 +58,28 @@ def validate(cfg: C.ValidateConfig) -> None:
         raise typer.Exit(3)
 
 
+@config_command(app, C.FromEvalConfig, name="from-eval")
+def from_eval_cmd(cfg: C.FromEvalConfig) -> None:
+    """Turn an mft-eval folder (samples + sandbox verdicts) into a task: passing samples (--mode sft) or
+    (pass, fail) preference pairs of the same problem (--mode pairs); the eval folder is the task's recorded input."""
+    from .api import from_eval
+
+    result = from_eval(cfg)
+    kind = "pairs" if cfg.mode == "pairs" else "records"
+    status = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
+    console.print(
+        f"[green]wrote[/] {result.folder}/{result.task}/data.jsonl: {result.records} {kind} from {result.problems} "
+        f"problems (samples {status})"
+        + (
+            f", [yellow]{result.dropped_contaminated} dropped as HumanEval-contaminated[/]"
+            if result.dropped_contaminated
+            else ""
+        )
+    )
+    if cfg.allow_benchmark:
+        console.print("[bold red]benchmark data[/]: this task holds HumanEval problems; the manifest records it")
+
+
 @config_command(app, C.DecontamConfig)
 def decontaminate(cfg: C.DecontamConfig) -> None:
     """Remove (or flag) records sharing a word n-gram with HumanEval prompts or canonical solutions."""

@@ -12,6 +12,8 @@ from mft_core.errors import ConfigError
 from .formats import FormatName
 
 _FOLDER_HELP = "A formatted-data folder."
+_OUT_FOLDER_HELP = "Multi-task data folder; other tasks in it are kept."
+_REPLACE_TASK_HELP = "Replace the task if it exists."
 
 
 def _folder(help: str = _FOLDER_HELP, fingerprint: bool = False):
@@ -23,7 +25,7 @@ def _folder(help: str = _FOLDER_HELP, fingerprint: bool = False):
 class FormatConfig:
     inputs: tuple[str, ...] = opt((), help="Input files: .jsonl/.json/.parquet/.csv, optionally .gz.", positional=True)
     task: str = opt("", help="Task name (also its folder under --out).")
-    out: str = opt("", help="Multi-task data folder; other tasks in it are kept.", fingerprint=False)
+    out: str = opt("", help=_OUT_FOLDER_HELP, fingerprint=False)
     source_format: FormatName = opt(
         "auto", help="auto|mftcoder|openai|sharegpt|alpaca|prompt-answer|text", flag="--from"
     )
@@ -31,7 +33,7 @@ class FormatConfig:
         (), help="Rename a field before detection, SRC=DST (repeatable).", flag="--map", repeat=True
     )
     skip_invalid: bool = opt(False, help="Write bad lines to rejects.jsonl instead of failing.")
-    overwrite: bool = opt(False, help="Replace the task if it exists.", fingerprint=False)
+    overwrite: bool = opt(False, help=_REPLACE_TASK_HELP, fingerprint=False)
     # "non-default": off, these keep the fingerprint of folders made before the flags existed
     allow_extra_cells: bool = opt(
         False, help="CSV rows with more cells than the header: drop the extras.", fingerprint="non-default"
@@ -171,3 +173,42 @@ class StatsConfig:
         self.sampling()
         if self.sample_by not in ("records", "tokens"):
             raise ConfigError(f"--sample-by {self.sample_by!r}: records or tokens")
+
+
+@dataclass(frozen=True)
+class FromEvalConfig:
+    eval_dir: str = opt(
+        "",
+        help="An `mft-eval humaneval` folder: samples with their sandbox verdicts.",
+        positional=True,
+        fingerprint=False,
+    )  # fmt: skip  (the folder is an input, named by its manifest id)
+    task: str = opt("", help="Task name to write (also its folder under --out).")
+    out: str = opt("", help=_OUT_FOLDER_HELP, fingerprint=False)
+    mode: Literal["sft", "pairs"] = opt(
+        "sft", help="sft: passing samples as chat records (rejection sampling); pairs: (pass, fail) preference pairs."
+    )
+    per_problem: int = opt(4, help="At most this many records (sft) or pairs (pairs) per problem.")
+    skip_solved: bool = opt(False, help="sft: skip problems where every sample passed (nothing left to learn).")
+    seed: int = opt(42, help="Seed of the pairing order (pairs).")
+    ngram: int = opt(10, help="Word n-gram length of the HumanEval decontamination every record goes through.")
+    allow_benchmark: bool = opt(
+        False, help="Build data from a HumanEval eval itself (refused by default; the manifest then says so)."
+    )
+    overwrite: bool = opt(False, help=_REPLACE_TASK_HELP, fingerprint=False)
+
+    def __post_init__(self):
+        import re
+
+        if not self.eval_dir:
+            raise ConfigError("no eval folder given", fix="mft-data from-eval EVALDIR --task NAME --out DIR")
+        if not self.task or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.task):
+            raise ConfigError(f"--task {self.task!r}: give a name of letters, digits, '_', '.', '-'")
+        if not self.out:
+            raise ConfigError("--out is required (the multi-task data folder)")
+        if self.mode not in ("sft", "pairs"):
+            raise ConfigError(f"--mode {self.mode!r}: sft or pairs")
+        if self.per_problem < 1:
+            raise ConfigError(f"--per-problem {self.per_problem}: must be at least 1")
+        if self.ngram < 3:
+            raise ConfigError(f"--ngram {self.ngram}: too short to mean copying; use 8 to 13 (default 10)")

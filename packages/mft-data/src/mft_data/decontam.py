@@ -53,4 +53,9 @@ class Matcher:
 
 
 def record_text(record: dict) -> str:
-    return "\n".join(turn["content"] for turn in record["chat_rounds"])
+    """All text of a record: its rounds, or for a preference pair the shared prompt and both answers."""
+    if "chosen" in record:
+        rounds = [*record["chosen"], *record["rejected"][-1:]]
+    else:
+        rounds = record["chat_rounds"]
+    return "\n".join(turn["content"] for turn in rounds)

@@ -39,10 +39,30 @@ class Encoded:
 
     input_ids: np.ndarray
     labels: np.ndarray
+    # the sequences it holds, in order: None for one record; (chosen, rejected) lengths for a preference pair,
+    # which is packed as one unit (both sides in one row, side by side) but attends as two records
+    parts: tuple[int, ...] | None = None
 
     @property
     def supervised(self) -> int:
         return int(np.count_nonzero(self.labels != IGNORE))
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return self.parts if self.parts is not None else (len(self.input_ids),)
+
+    def part_supervised(self) -> list[int]:
+        """Supervised tokens of each part (a pair needs both sides supervised)."""
+        bounds = np.cumsum((0, *self.lengths))
+        return [int(np.count_nonzero(self.labels[a:b] != IGNORE)) for a, b in zip(bounds, bounds[1:])]
+
+    @staticmethod
+    def pair(chosen: Encoded, rejected: Encoded) -> Encoded:
+        return Encoded(
+            np.concatenate([chosen.input_ids, rejected.input_ids]),
+            np.concatenate([chosen.labels, rejected.labels]),
+            (len(chosen), len(rejected)),
+        )
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -181,7 +201,24 @@ class ChatEncoder:
             spans.append(found)
         return spans
 
-    def encode(self, records: Sequence[dict[str, Any]]) -> list[Encoded]:
+    def encode_pairs(self, records: Sequence[dict[str, Any]]) -> list[Encoded]:
+        """Preference records (:mod:`mft_data.pairs`), each as one :class:`Encoded` of two parts, chosen then
+        rejected; each side is supervised only on its final answer + EOS (the shared prompt, and any earlier
+        assistant turn, is context: both sides hold it identically, so training it would cancel out)."""
+        from .pairs import pair_problems, sides
+
+        for record in records:
+            problems = pair_problems(record)
+            if problems:
+                raise InputError(
+                    f"record {record.get('id')!r} (task {record.get('task')!r}): {problems[0]}",
+                    fix="mft-data validate DIR lists every such record; fix or drop them",
+                )
+        flat = [side for record in records for side in sides(record)]
+        encoded = self.encode(flat, final_only=True)
+        return [Encoded.pair(encoded[2 * i], encoded[2 * i + 1]) for i in range(len(records))]
+
+    def encode(self, records: Sequence[dict[str, Any]], final_only: bool = False) -> list[Encoded]:
         """Tokenize records (unified schema) into ids and labels; the first token is never supervised.
 
         Where the tokenizer allows it (see :meth:`_splits_cleanly`), the text is cut where each assistant content
@@ -189,10 +226,13 @@ class ChatEncoder:
         prompt) is tokenized on its own and the model generates from there, so a token that merged the prompt's
         last characters with the answer's first ones (byte-level BPE joins "\n" and an indent into one token)
         would teach the model a first step it can never take. Otherwise the whole text is tokenized once.
-        A span's tokens are found with ``char_to_token`` at its two ends.
+        A span's tokens are found with ``char_to_token`` at its two ends. ``final_only`` supervises only the last
+        assistant turn.
         """
         texts = self.render_records(records)
         spans = self.supervised_spans(records, texts)
+        if final_only:  # only the last assistant turn is supervised
+            spans = [record_spans[-1:] for record_spans in spans]
         if self._splits_cleanly():
             return [self._encode_pieces(text, record_spans) for text, record_spans in zip(texts, spans)]
         encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)

@@ -7,6 +7,8 @@ Formats (``--from``):
 - ``alpaca``: ``instruction`` [+ ``input``] -> ``output`` (also Evol-Instruct ``instruction``/``output``).
 - ``prompt-answer``: one of the single-turn pairs MFTCoder accepts (see :data:`PAIR_FIELDS`).
 - ``text``: raw ``text`` (or ``content``) trained as a single assistant turn (completion-style).
+- ``pairs``: preference pairs, ``chosen``/``rejected`` lists of ``{role, content}`` (MFTCoder's xxpo layout): the
+  record keeps both sides (:mod:`mft_data.pairs`) instead of ``chat_rounds``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any, Literal
 
 from mft_core.schema import ROLE_ALIASES
 
-FormatName = Literal["auto", "mftcoder", "openai", "sharegpt", "alpaca", "prompt-answer", "text"]
-FORMATS: tuple[str, ...] = ("mftcoder", "openai", "sharegpt", "alpaca", "prompt-answer", "text")
+FormatName = Literal["auto", "mftcoder", "openai", "sharegpt", "alpaca", "prompt-answer", "text", "pairs"]
+FORMATS: tuple[str, ...] = ("mftcoder", "openai", "sharegpt", "alpaca", "prompt-answer", "text", "pairs")
 PAIR_FIELDS: tuple[tuple[str, str], ...] = (
     ("prompt", "answer"),
     ("prompt", "response"),
@@ -121,18 +123,31 @@ def convert_text(row):
     return [{"role": "assistant", "content": _str(row, key)}]
 
 
-CONVERTERS: dict[str, Callable[[Mapping[str, Any]], list[dict[str, str]]]] = {
+def convert_pairs(row) -> dict[str, list[dict[str, str]]]:
+    """Both sides' rounds (roles normalised); whether they form a valid pair is checked on the record."""
+    out = {}
+    for side in ("chosen", "rejected"):
+        if not isinstance(row.get(side), list) or not row.get(side):
+            raise RowError(side, f"a preference pair needs both sides; '{side}' is missing or empty")
+        out[side] = _round_list(row, side, "role", "content")
+    return out
+
+
+CONVERTERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "mftcoder": convert_mftcoder,
     "openai": convert_openai,
     "sharegpt": convert_sharegpt,
     "alpaca": convert_alpaca,
     "prompt-answer": convert_pair,
     "text": convert_text,
+    "pairs": convert_pairs,
 }
 
 
 def detect_format(keys: set[str]) -> str | None:
     """The format a row's field names point to, or None."""
+    if "chosen" in keys or "rejected" in keys:
+        return "pairs"
     if "chat_rounds" in keys:
         return "mftcoder"
     if "messages" in keys:

@@ -16,6 +16,7 @@ from . import __version__
 from .config import FormatConfig
 from .folder import TOOL, Progress, begin_edit, load_summary, update_folder_manifest, write_jsonl_atomic
 from .formats import CONVERTERS, FORMATS, Remap, RowError, detect_format
+from .pairs import pair_problems
 from .readers import Row, read_rows
 
 
@@ -113,13 +114,13 @@ def _convert_file(
         if rid in seen_ids:
             rejects.add(row, "id", f"duplicate id {rid!r} (first seen at {seen_ids[rid]})")
             continue
-        record = {
-            "id": rid,
-            "task": cfg.task,
-            "chat_rounds": rounds,
-            "meta": {"source": os.path.basename(row.file), "line": row.line, "format": fmt},
-        }
-        problems = validate_record(record)
+        meta = {"source": os.path.basename(row.file), "line": row.line, "format": fmt}
+        if fmt == "pairs":  # both sides kept as they are: a preference record (mft_data.pairs)
+            record = {"id": rid, "task": cfg.task, **rounds, "meta": meta}
+            problems = pair_problems(record)
+        else:
+            record = {"id": rid, "task": cfg.task, "chat_rounds": rounds, "meta": meta}
+            problems = validate_record(record)
         if problems:
             rejects.add(row, problems[0].field, "; ".join(p.message for p in problems))
             continue
@@ -171,7 +172,7 @@ def format_task(cfg: FormatConfig, progress: Progress | None = None) -> FormatRe
     result.records, result.rejected = len(records), len(rejects.rows)
     if folder.is_dir():
         begin_edit(folder, command)
-    _write_task_dir(folder, cfg.task, records, rejects.rows)
+    write_task_dir(folder, cfg.task, records, rejects.rows)
 
     def mutate(s: dict[str, Any]) -> None:
         s["tasks"][cfg.task] = {
@@ -189,7 +190,7 @@ def format_task(cfg: FormatConfig, progress: Progress | None = None) -> FormatRe
     return result
 
 
-def _write_task_dir(folder: Path, task: str, records: list, rejects: list) -> None:
+def write_task_dir(folder: Path, task: str, records: list, rejects: list) -> None:
     """Write the task folder under a temp name, then swap it in (a killed run leaves no half task)."""
     with staged_dir(folder / task, overwrite=True) as staged:
         write_jsonl_atomic(staged / "data.jsonl", records)

@@ -3,7 +3,8 @@
 Output folder::
 
     TOKDIR/train/, TOKDIR/valid/   datasets.save_to_disk; columns input_ids, labels, position_ids, task_ids,
-                                   seq_lens (one row = one record in pad mode, several whole records in pack mode)
+                                   seq_lens (one row = one record in pad mode, several whole records in pack mode;
+                                   preference folders: whole pairs, chosen then rejected, seq_lens c1, r1, c2, ...)
     TOKDIR/tasks.json              task names in task-id order
     TOKDIR/chat_template.jinja     the template the text was rendered with
     TOKDIR/manifest.json           per-task records, supervised tokens, truncated/dropped counts and ids, fill
@@ -30,6 +31,7 @@ from . import __version__
 from .config import TokenizeConfig
 from .encode import IGNORE, ChatEncoder, Encoded
 from .pack import best_fit_decreasing, fill_rate
+from .pairs import is_pair
 
 TOOL = "mft-data"
 TOKENIZE_COMMAND = "mft-data tokenize DIR --tokenizer MODEL_DIR --out TOKDIR"
@@ -68,7 +70,16 @@ def _init_worker(tokenizer_path: str, chat_template: str | None = None) -> None:
 def _encode_chunk(lines: list[str]) -> list[tuple[str, Encoded]]:
     """Parse and encode JSONL lines in the worker (parsing there keeps the parent free and pickles less)."""
     records = [json.loads(line) for line in lines]
-    return [(str(r["id"]), e) for r, e in zip(records, _WORKER["encoder"].encode(records))]
+    encoder: ChatEncoder = _WORKER["encoder"]
+    pairs = [i for i, r in enumerate(records) if is_pair(r)]
+    encoded: list[Encoded | None] = [None] * len(records)
+    if pairs:
+        for i, e in zip(pairs, encoder.encode_pairs([records[i] for i in pairs])):
+            encoded[i] = e
+    chats = [i for i, r in enumerate(records) if not is_pair(r)]
+    for i, e in zip(chats, encoder.encode([records[i] for i in chats]) if chats else []):
+        encoded[i] = e
+    return [(str(r["id"]), e) for r, e in zip(records, encoded)]
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:
@@ -109,7 +120,22 @@ def encode_lines(
 
 # ---- rows -------------------------------------------------------------------------------------------------------
 def fit_to_length(enc: Encoded, seq_len: int, policy: str, rid: str, task: str, tally: TaskTally) -> Encoded | None:
-    """Apply the overlong policy; returns None (and records the id) when the record is dropped."""
+    """Apply the overlong policy; returns None (and records the id) when the record is dropped.
+
+    A preference pair is never truncated (cutting would remove the rejected answer or both answers' ends, and a
+    pair compares whole answers): ``truncate`` drops an overlong pair, ``error`` stops as for any record.
+    """
+    if enc.parts is not None:
+        if len(enc) <= seq_len and min(enc.part_supervised()) > 0:
+            return enc
+        if len(enc) > seq_len and policy == "error":
+            raise InputError(
+                f"task {task!r}, pair {rid!r}: chosen + rejected are {len(enc)} tokens, longer than --seq-len "
+                f"{seq_len} (both sides of a pair go in one row)",
+                fix="raise --seq-len, or pass --overlong drop",
+            )
+        tally.dropped_ids.append(rid)
+        return None
     if len(enc) <= seq_len and enc.supervised > 0:
         return enc
     if enc.supervised == 0:
@@ -144,15 +170,19 @@ def build_rows(items: Sequence[Encoded], task_ids: Sequence[int], seq_len: int, 
     bins = best_fit_decreasing(lengths.tolist(), seq_len) if mode == "pack" else [[i] for i in range(len(items))]
     order = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=len(items))
     ordered_len = lengths[order]
-    starts = np.concatenate([[0], np.cumsum(ordered_len)[:-1]]).astype(np.int32)
     ordered = [items[i] for i in order.tolist()]
+    # an item is one record, or a pair of two (chosen, rejected): seq_lens lists every part, positions restart at each
+    part_len = np.fromiter((n for it in ordered for n in it.lengths), dtype=np.int64)
+    part_starts = np.concatenate([[0], np.cumsum(part_len)[:-1]]).astype(np.int64)
     ids = np.concatenate([it.input_ids for it in ordered]).astype(np.int32, copy=False)
     labels = np.concatenate([it.labels for it in ordered]).astype(np.int32, copy=False)
-    positions = np.arange(ids.size, dtype=np.int32) - np.repeat(starts, ordered_len)
+    positions = (np.arange(ids.size, dtype=np.int64) - np.repeat(part_starts, part_len)).astype(np.int32)
     tasks = np.repeat(np.asarray(task_ids, dtype=np.int16)[order], ordered_len)
-    records_per_row = np.fromiter((len(b) for b in bins), dtype=np.int64, count=len(bins))
-    record_offsets = np.concatenate([[0], np.cumsum(records_per_row)]).astype(np.int32)
-    token_offsets = np.concatenate([[0], np.cumsum(ordered_len)])[record_offsets].astype(np.int32)
+    items_per_row = np.fromiter((len(b) for b in bins), dtype=np.int64, count=len(bins))
+    item_offsets = np.concatenate([[0], np.cumsum(items_per_row)]).astype(np.int64)
+    token_offsets = np.concatenate([[0], np.cumsum(ordered_len)])[item_offsets].astype(np.int32)
+    parts_per_item = np.concatenate([[0], np.cumsum([len(it.lengths) for it in ordered])]).astype(np.int64)
+    record_offsets = parts_per_item[item_offsets].astype(np.int32)
 
     def as_list(values, offsets, arrow_type):
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, arrow_type))
@@ -163,7 +193,7 @@ def build_rows(items: Sequence[Encoded], task_ids: Sequence[int], seq_len: int, 
             "labels": as_list(labels, token_offsets, pa.int32()),
             "position_ids": as_list(positions, token_offsets, pa.int32()),
             "task_ids": as_list(tasks, token_offsets, pa.int16()),
-            "seq_lens": as_list(ordered_len.astype(np.int32), record_offsets, pa.int32()),
+            "seq_lens": as_list(part_len.astype(np.int32), record_offsets, pa.int32()),
         }
     )
     return table, fill_rate(bins, lengths.tolist(), seq_len)
@@ -239,6 +269,7 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
                 continue  # `split --valid-ratio 0`: no valid split, as if the folder had not been split
             report = _per_split(progress, split, len(lines)) if progress else None
             encoded = encode_lines(lines, cfg.tokenizer, cfg.num_proc, cfg.batch_size, report, forced)
+            preference = _preference_kind(encoded, line_tasks, tasks, cfg.folder)
             for (rid, enc), task_id in zip(encoded, line_tasks):
                 tally = tallies[tasks[task_id]]
                 fitted = fit_to_length(enc, cfg.seq_len, cfg.overlong, rid, tasks[task_id], tally)
@@ -266,9 +297,24 @@ def tokenize_folder(cfg: TokenizeConfig, progress: Callable[[str, int, int], Non
         (staging.path / "tasks.json").write_text(json.dumps({"tasks": tasks}, indent=2) + "\n", encoding="utf-8")
         (staging.path / "chat_template.jinja").write_text(encoder.template, encoding="utf-8")
         summary["task_names"] = tasks
+        summary["preference"] = preference  # rows hold (chosen, rejected) pairs: seq_lens c1, r1, c2, r2, ...
         manifest = new_manifest("tokenized-data", TOOL, __version__, config, inputs, summary)
         staging.finish(manifest)
     return TokenizeResult(Path(cfg.out), summary)
+
+
+def _preference_kind(encoded: list[tuple[str, Encoded]], line_tasks: list[int], tasks: list[str], folder: str) -> bool:
+    """True when every record is a preference pair, False when none is; a mix is refused (one run trains one
+    objective: a preference loss on pairs, or cross-entropy on chat records)."""
+    pair_tasks = sorted({tasks[t] for (_, e), t in zip(encoded, line_tasks) if e.parts is not None})
+    chat_tasks = sorted({tasks[t] for (_, e), t in zip(encoded, line_tasks) if e.parts is None})
+    if pair_tasks and chat_tasks:
+        raise InputError(
+            f"{folder}: tasks {', '.join(pair_tasks)} hold preference pairs but {', '.join(chat_tasks)} hold chat "
+            "records; a tokenized folder is one or the other",
+            fix="tokenize the pair tasks into their own folder (mft-data from-eval --out a separate folder)",
+        )
+    return bool(pair_tasks)
 
 
 def tokenizer_ref(path: str) -> InputRef:

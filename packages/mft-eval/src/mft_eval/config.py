@@ -193,16 +193,17 @@ class ConvertConfig:
     file: str = opt("", help="A generation file from another harness.", positional=True)
     source_format: str = opt(
         "",
-        help="humaneval-x (task_id Python/N + generation) or prompt-samples (CodeT: prompt + samples).",
+        help="humaneval-x (task_id Python/N + generation), prompt-samples (CodeT: prompt + samples), or mbpp "
+        "(MBPP problems: text, code, test_list -> a HumanEval-format problems file for --problems).",
         flag="--from",
     )
-    out: str = opt("", help="Samples file to write (.jsonl).")
+    out: str = opt("", help="File to write (.jsonl): samples, or problems with --from mbpp.")
     problems: str | None = _problems_field()
 
     def __post_init__(self):
-        if self.source_format not in ("humaneval-x", "prompt-samples"):
+        if self.source_format not in ("humaneval-x", "prompt-samples", "mbpp"):
             raise ConfigError(
-                f"--from {self.source_format!r}: one of humaneval-x, prompt-samples",
+                f"--from {self.source_format!r}: one of humaneval-x, prompt-samples, mbpp",
                 fix="files of whole programs need no conversion: mft-eval score --solution-mode",
             )
         if not self.out:

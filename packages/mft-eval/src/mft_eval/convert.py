@@ -8,6 +8,10 @@
   share a signature are told apart by which one contains the edited prompt's lines). Every line must match exactly one
   problem and no problem twice.
 * Files of whole programs (LDB's ``solution``) need no conversion: ``mft-eval score --solution-mode``.
+
+``mbpp`` converts *problems*, not samples: MBPP lines (``task_id``, ``text``, ``code``, ``test_list``, optional
+``test_setup_code``) become HumanEval-format problems (see :func:`mbpp_problem`) that ``mft-eval humaneval
+--problems`` samples and scores like HumanEval's own.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from mft_core.errors import InputError
 
 from .problems import read_jsonl
 
-SourceFormat = Literal["humaneval-x", "prompt-samples"]
+SourceFormat = Literal["humaneval-x", "prompt-samples", "mbpp"]
+_CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
 _DEF = re.compile(r"^def\s+(\w+)\s*\(.*$", re.MULTILINE)
 
 
@@ -101,3 +106,65 @@ def convert(path: str | Path, source_format: SourceFormat, problems: dict[str, d
                 yield {"task_id": task_id, "completion": sample}
     else:
         raise InputError(f"unknown source format {source_format!r}")
+
+
+def mbpp_problem(obj: dict, where: str) -> dict:
+    """One MBPP line as a HumanEval problem.
+
+    - ``entry_point``: the function the first test calls that the reference ``code`` defines;
+    - ``prompt``: ``test_setup_code`` if any, then that function's ``def`` line from ``code`` and a docstring
+      holding ``text`` and the first test (MBPP's usual prompt: the task and one example);
+    - ``test``: ``test_setup_code`` at module level, then ``check(candidate)`` binding the entry point's name to the
+      candidate and running every assert of ``test_list`` (``challenge_test_list`` too, when present);
+    - ``canonical_solution``: the reference ``code`` after a newline, a whole program that replaces the prompt's
+      stub (so ``--time-factor`` limits can be calibrated on it).
+
+    Raises:
+        InputError: a missing or mistyped field, or tests that call no function the code defines.
+    """
+    text, code, tests = obj.get("text"), obj.get("code"), obj.get("test_list")
+    if not isinstance(text, str) or not isinstance(code, str):
+        raise InputError(f"{where}: an MBPP line needs string fields text and code")
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+        raise InputError(f"{where}: an MBPP line needs test_list, a non-empty list of assert strings")
+    defined = {m.group(1): m.group(0).strip() for m in _DEF.finditer(code)}
+    called = [name for name in _CALL.findall(tests[0]) if name in defined]
+    if not called:
+        raise InputError(
+            f"{where}: the first test calls none of the functions the code defines ({', '.join(defined) or 'none'})"
+        )
+    entry = called[0]
+    signature = defined[entry]
+    if not signature.endswith(":"):
+        raise InputError(f"{where}: the def line of {entry} does not end with ':' on one line: {signature!r}")
+    example = tests[0].strip()
+    prompt = f'{signature}\n    """{text.strip()}\n    {example}\n    """\n'
+    # MBPP's harness runs the setup code at module level: it may define globals the code uses, so it opens the
+    # prompt (the program's side; mft-eval judges the asserts in their own namespace) and the test
+    setup = (obj.get("test_setup_code") or "").strip()
+    body = [f"    {entry} = candidate"]
+    extra = obj.get("challenge_test_list") or []
+    body += [f"    {t.strip()}" for t in list(tests) + [t for t in extra if isinstance(t, str)]]
+    task_id = obj.get("task_id")
+    return {
+        "task_id": f"MBPP/{task_id}" if isinstance(task_id, int) else str(task_id),
+        "prompt": (setup + "\n\n" if setup else "") + prompt,
+        "entry_point": entry,
+        "canonical_solution": "\n" + code.replace("\r\n", "\n"),
+        "test": (setup + "\n\n" if setup else "") + "def check(candidate):\n" + "\n".join(body) + "\n",
+    }
+
+
+def mbpp_problems(path: str | Path) -> Iterator[dict]:
+    """HumanEval-format problems from an MBPP ``.jsonl`` (task ids unique, ``MBPP/<n>`` for integer ids)."""
+    seen: dict[str, int] = {}
+    for lineno, obj in read_jsonl(path):
+        if obj.get("task_id") is None:
+            raise InputError(f"{path}:{lineno}: an MBPP line needs a task_id")
+        problem = mbpp_problem(obj, f"{path}:{lineno}")
+        if problem["task_id"] in seen:
+            raise InputError(
+                f"{path}:{lineno}: task_id {problem['task_id']} already on line {seen[problem['task_id']]}"
+            )
+        seen[problem["task_id"]] = lineno
+        yield problem

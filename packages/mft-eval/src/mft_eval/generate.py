@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mft_core.errors import ConfigError, ContractError
@@ -30,6 +30,9 @@ class Prompting:
     chat_template: str | None
     add_special_tokens: bool
     stop: tuple[str, ...]
+    # per problem, the chat turns the text was rendered from (chat mode; None in completion mode): what
+    # `mft-data from-eval` turns into training records
+    messages: list[list[dict] | None] = field(default_factory=list)
 
 
 def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prompting:
@@ -46,13 +49,14 @@ def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prom
                 f"{cfg.model}: the tokenizer has no chat template, so --prompt chat cannot be used",
                 fix="pass --prompt completion (base models), or a fine-tuned model",
             )
-        texts = []
+        texts, turns = [], []
         for problem in problems:
             messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
             messages.append({"role": "user", "content": cfg.chat_user_template.replace("{prompt}", problem["prompt"])})
             texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return Prompting(texts, "chat", template if isinstance(template, str) else str(template), False, ())
-    return Prompting([p["prompt"] for p in problems], "completion", None, True, tuple(cfg.stop))
+            turns.append(messages)
+        return Prompting(texts, "chat", template if isinstance(template, str) else str(template), False, (), turns)
+    return Prompting([p["prompt"] for p in problems], "completion", None, True, tuple(cfg.stop), [None] * len(problems))
 
 
 def resolve_device(device: str) -> str:

@@ -75,6 +75,12 @@ class Sample:
     index: int
     completion: str
     line: int
+    # what the sample was generated from, when the file says (kept in the eval folder for `mft-data from-eval`):
+    # ``prompt`` the text fed to the model, ``messages`` its chat turns, ``raw`` the model's whole output
+    provenance: dict | None = None
+
+
+PROVENANCE = ("prompt", "messages", "raw")
 
 
 def load_samples(path: str | Path, problems: dict[str, dict], *, solution_mode: bool = False) -> list[Sample]:
@@ -111,7 +117,8 @@ def load_samples(path: str | Path, problems: dict[str, dict], *, solution_mode: 
             text = "\n" + text
         index = counts.get(task_id, 0)
         counts[task_id] = index + 1
-        samples.append(Sample(task_id, index, text, lineno))
+        kept = {k: obj[k] for k in PROVENANCE if obj.get(k) is not None}
+        samples.append(Sample(task_id, index, text, lineno, kept or None))
     if not samples:
         raise InputError(f"{path}: no samples in the file")
     return samples

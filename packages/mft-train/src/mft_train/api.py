@@ -78,6 +78,7 @@ def _loop(s: Session) -> LoopOutcome:
             micro_batch_size=cfg.micro_batch_size,
             pad_id=parts.pad_id,
             bf16=cfg.bf16,
+            objective=s.objective,
         )
     problems = ProblemSets.load(cfg, s.plan.model_dir, s.tokenizer, out)
     if valid is not None or problems is not None:

@@ -142,6 +142,13 @@ class TrainConfig:
     task_sampling_by: Literal["records", "tokens"] = _yaml(
         "records", "What task_sampling ratios count: records | tokens (r x the task's tokens, to within one record)."
     )
+    # preference training on a tokenized preference folder (mft-data from-eval --mode pairs; preference.py):
+    # dpo and rpo take the reference from the same base with the LoRA adapter disabled (no second copy)
+    preference: Literal["none", "dpo", "orpo", "rpo"] = _yaml(
+        "none", "none | dpo | orpo | rpo: the loss on preference pairs (data must be a preference folder)."
+    )
+    beta: float = _yaml(0.1, "Preference: DPO/RPO's beta (KL strength), ORPO's lambda (odds-ratio weight).")
+    rpo_alpha: float = _yaml(1.0, "Preference: RPO's weight of the chosen answers' NLL.")
     coba_update_interval: int = _yaml(1, "CoBa: optimizer steps between weight updates.")
     coba_sample_valid_num: int = _yaml(1, "CoBa: valid micro-batches the fixed set and every update are measured on.")
     coba_warmup_steps: int = _yaml(100, "CoBa: updates with equal weights before the first fit.")
@@ -218,6 +225,7 @@ class TrainConfig:
             raise ConfigError(f"task_weights act only in loss task or task-sample, not {self.loss}")
         if any(w < 0 for w in self.task_weights.values()):
             raise ConfigError("task_weights must be >= 0")
+        self._check_preference()
         if any(not float(r) >= 0 for r in self.task_sampling.values()):
             raise ConfigError("task_sampling ratios must be >= 0", fix="task_sampling: {codegen: 2.0, explain: 0.5}")
         self._check_problems()
@@ -247,6 +255,25 @@ class TrainConfig:
                 )
             return
         raise ConfigError(f"select_by: {by!r} is not valid_loss, pass@1 or pass@1:NAME")
+
+    def _check_preference(self) -> None:
+        if self.preference not in ("none", "dpo", "orpo", "rpo"):
+            raise ConfigError(f"preference: {self.preference!r} is not none, dpo, orpo or rpo")
+        if self.preference == "none":
+            return
+        if self.preference in ("dpo", "rpo") and self.peft == "none":
+            raise ConfigError(
+                f"preference: {self.preference} needs a reference model; MFT takes it from the base with the LoRA "
+                "adapter disabled, so it needs peft: lora or qlora",
+                fix="peft: lora (or preference: orpo, which needs no reference)",
+            )
+        if not self.beta > 0 or self.rpo_alpha < 0:
+            raise ConfigError(f"beta must be > 0 and rpo_alpha >= 0 (beta={self.beta}, rpo_alpha={self.rpo_alpha})")
+        if self.task_weighting != "static":
+            raise ConfigError(
+                f"task_weighting {self.task_weighting} fits the slopes of SFT losses, not preference losses",
+                fix="task_weighting: static, with task_weights for a fixed balance",
+            )
 
     @property
     def lora(self) -> bool:

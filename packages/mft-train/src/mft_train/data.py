@@ -20,6 +20,7 @@ class TrainData:
     manifest_id: str
     packed: bool = True  # rows hold several records (mft-data tokenize --mode pack)
     row_tokens: int = 0  # the tokenized folder's --seq-len: what a packed row holds at most
+    preference: bool = False  # rows hold (chosen, rejected) pairs (mft-data from-eval --mode pairs)
 
 
 def prepare_data(
@@ -77,4 +78,5 @@ def load_data(path: Path, model_dir: Path, seq_len: int) -> TrainData:
         )
     valid = Rows(data.valid) if data.valid is not None and len(data.valid) else None
     packed = data.manifest.config.get("mode", "pack") == "pack"
-    return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id, packed, data.seq_len)
+    preference = bool(data.manifest.summary.get("preference", False))
+    return TrainData(path, data.tasks, Rows(data.train), valid, data.manifest.id, packed, data.seq_len, preference)

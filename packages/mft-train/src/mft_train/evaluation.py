@@ -65,12 +65,22 @@ class ValidSet:
     micro_batch_size: int
     pad_id: int
     bf16: bool
+    objective: Any = None  # objective.Objective; on pairs the valid loss is the preference loss (preference_step)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def losses(self, model, indices: list[int] | None = None) -> dict[str, float | None]:
         return evaluate(model, self.rows, self.tasks, self.micro_batch_size, self.pad_id, self.bf16, indices)
+
+    def measure(self, model) -> dict[str, Any]:
+        """``task_loss`` per task (cross-entropy; on pairs the mean preference loss) and, on pairs, ``rewards``."""
+        if self.objective is not None and self.objective.on_pairs:
+            from .preference_step import evaluate_pairs
+
+            task_loss, rewards = evaluate_pairs(model, self, self.objective)
+            return {"task_loss": task_loss, "rewards": rewards}
+        return {"task_loss": self.losses(model)}
 
 
 def selection_score(select_by: str, record: dict) -> float | None:
@@ -113,8 +123,8 @@ class Evaluator:
         valid_every, problems_every = self._every()
         record: dict = {"kind": "eval", "step": state.step}
         if self.valid is not None and (final or (valid_every and state.step % valid_every == 0)):
-            task_loss = self.valid.losses(self.model)
-            record.update(loss=mean_valid(task_loss), task_loss=task_loss)
+            measured = self.valid.measure(self.model)
+            record.update(loss=mean_valid(measured["task_loss"]), **measured)
         if self.problems is not None and (final or (problems_every and state.step % problems_every == 0)):
             measured = self.problems.measure(self.model, state.step)
             record.update(pass_at_1=measured["pass_at_1"], passed=measured["passed"],

@@ -31,6 +31,8 @@ class StepResult:
     grad_norm: float
     real_tokens: int
     seconds: float
+    # preference runs: per task, the mean reward margin, the share of pairs ranked right, the pairs (preference.py)
+    rewards: dict[str, dict[str, float]] | None = None
 
 
 @dataclass(kw_only=True)
@@ -50,6 +52,8 @@ class LoopParts:
     total_steps: int
     # which rows each epoch holds (task sampling draws them per epoch); default: ``rows`` as they are
     order: object = None
+    # one optimizer step; default train_step (SFT losses), preference_step.preference_step on pairs
+    step_fn: Callable[[LoopParts, int], StepResult] | None = None
     # w_t of the next step: the objective's weights, replaced by the balancer's when they move
     task_weights: torch.Tensor = field(init=False)
 
@@ -198,8 +202,9 @@ class Hooks:
 def run_loop(parts: LoopParts, state: TrainState, hooks: Hooks) -> TrainState:
     """Steps from ``state.step`` to ``total_steps`` (or an early stop); state is updated in place."""
     parts.engine.model.train()
+    step_fn = parts.step_fn or train_step
     while state.step < parts.total_steps and not state.stopped_early:
-        result = train_step(parts, state.step)
+        result = step_fn(parts, state.step)
         state.step += 1
         state.tokens_seen += result.real_tokens
         hooks.after_step(state)

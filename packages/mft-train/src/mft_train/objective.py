@@ -18,6 +18,13 @@ class Objective:
     loss: Literal["token", "sample", "task", "task-sample"]  # the formulas of loss.py
     weighting: Literal["static", "selfpaced", "coba"]  # static: `weights` throughout; else moved by balance.py
     weights: tuple[float, ...]  # w_t in task order: task_weights, 1.0 for a task it does not name
+    preference: Literal["none", "dpo", "orpo", "rpo"] = "none"  # on pairs: `loss` then balances pairs (preference.py)
+    beta: float = 0.1
+    rpo_alpha: float = 1.0
+
+    @property
+    def on_pairs(self) -> bool:
+        return self.preference != "none"
 
     @property
     def balancing(self) -> bool:
@@ -39,4 +46,4 @@ def resolve_objective(cfg: TrainConfig, tasks: tuple[str, ...]) -> Objective:
     if loss == "auto":  # task weights, fixed or moving, exist only in the task losses
         loss = "task" if len(tasks) > 1 or cfg.task_weighting != "static" or cfg.task_weights else "token"
     weights = tuple(float(cfg.task_weights.get(t, 1.0)) for t in tasks)
-    return Objective(loss, cfg.task_weighting, weights)
+    return Objective(loss, cfg.task_weighting, weights, cfg.preference, cfg.beta, cfg.rpo_alpha)

@@ -28,6 +28,7 @@ class StepLogger:
                 "seconds": r.seconds,
                 "real_tokens": r.real_tokens,
                 "grad_norm": r.grad_norm,
+                **({"rewards": r.rewards} if r.rewards is not None else {}),
             }
         )
         for task, n in r.task_tokens.items():
@@ -53,6 +54,7 @@ class StepLogger:
                     "tokens_per_s": sum(x["real_tokens"] for x in window) / max(seconds, 1e-9),
                     "seconds_per_step": seconds / len(window),
                     "tokens_seen": state.tokens_seen,
+                    **({"rewards": mean_rewards(window)} if "rewards" in window[-1] else {}),
                 }
             )
             state.log_window = []
@@ -64,3 +66,16 @@ def mean_task_loss(window: list[dict]) -> dict[str, float | None]:
         values = [r["task_loss"][task] for r in window if r["task_loss"][task] is not None]
         out[task] = sum(values) / len(values) if values else None
     return out
+
+
+def mean_rewards(window: list[dict]) -> dict[str, dict[str, float]]:
+    """Per task, margin and accuracy weighted by pairs over the window's steps, and the pairs seen."""
+    out: dict[str, dict[str, float]] = {}
+    for entry in window:
+        for task, r in entry["rewards"].items():
+            acc = out.setdefault(task, {"margin": 0.0, "accuracy": 0.0, "pairs": 0})
+            acc["margin"] += r["margin"] * r["pairs"]
+            acc["accuracy"] += r["accuracy"] * r["pairs"]
+            acc["pairs"] += r["pairs"]
+    return {t: {"margin": a["margin"] / a["pairs"], "accuracy": a["accuracy"] / a["pairs"], "pairs": a["pairs"]}
+            for t, a in out.items()}  # fmt: skip

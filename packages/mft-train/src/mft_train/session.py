@@ -24,6 +24,7 @@ from .modeling import load_model, load_tokenizer
 from .objective import Objective, resolve_objective
 from .order import FixedOrder, SampledOrder, total_steps
 from .output import OutputPlan
+from .preference_step import preference_step
 from .schedule import make_scheduler
 
 
@@ -49,6 +50,7 @@ def setup(cfg: TrainConfig, kind: str, plan: OutputPlan) -> Session:
     tokenizer = load_tokenizer(plan.model_dir)
     data = _data(cfg, kind, plan.model_dir, out)
     objective = resolve_objective(cfg, data.tasks)
+    _check_data_fits_objective(cfg, data, objective)
     order = data_order(cfg, data)
     engine, total = _engine(cfg, plan.model_dir, tokenizer, order)
     parts = LoopParts(
@@ -64,6 +66,7 @@ def setup(cfg: TrainConfig, kind: str, plan: OutputPlan) -> Session:
         max_grad_norm=cfg.max_grad_norm,
         total_steps=total,
         order=order,
+        step_fn=preference_step if objective.on_pairs else None,
     )
     resolved = {**config, "loss": objective.loss, "task_weighting": objective.weighting}
     checkpointer = Checkpointer(out=out, save_limit=cfg.save_limit, config=resolved)
@@ -94,6 +97,23 @@ def _data(cfg: TrainConfig, kind: str, model_dir: Path, out: Path) -> TrainData:
     dist.barrier()
     path = dist.broadcast_object(str(path) if dist.is_main() else None)
     return load_data(Path(path), model_dir, cfg.seq_len)
+
+
+def _check_data_fits_objective(cfg: TrainConfig, data: TrainData, objective: Objective) -> None:
+    """Preference losses need pair rows and pair rows need a preference loss (an SFT loss on pairs would train
+    the rejected answers too)."""
+    if data.preference and not objective.on_pairs:
+        raise ConfigError(
+            f"data {data.path} holds preference pairs (chosen, rejected) but preference is none",
+            fix="set preference: dpo | orpo | rpo, or train SFT on `mft-data from-eval --mode sft` data",
+        )
+    if objective.on_pairs and not data.preference:
+        raise ConfigError(
+            f"preference: {objective.preference} needs a preference folder; {data.path} holds chat records",
+            fix="make one with `mft-data from-eval EVALDIR --mode pairs`, then mft-data tokenize",
+        )
+    if objective.on_pairs and cfg.task_sampling:
+        raise ConfigError("task_sampling is not supported with preference training", fix="use task_weights")
 
 
 def data_order(cfg: TrainConfig, data: TrainData) -> FixedOrder | SampledOrder:
