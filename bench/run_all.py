@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["data_tokenize", "train_throughput", "train_memory", "merge_memory", "quant_quality", "eval_exec"]
+ORDER = ["data_tokenize", "train_throughput", "train_dpo", "train_memory", "merge_memory", "quant_quality", "eval_exec"]
 
 
 def headline(name: str, r: dict) -> tuple[str, str, str]:
@@ -29,6 +29,15 @@ def headline(name: str, r: dict) -> tuple[str, str, str]:
             "TRL SFTTrainer (a) defaults, (b) best CPU setting",
             f"{r['ratio_vs_trl_a']}x vs (a), {r['ratio_vs_trl_b']}x vs (b); MFU {v['ours']['mfu_vs_bf16_peak']:.0%} of "
             f"measured bf16 peak {r['matmul_peak_gflops']['bf16']} GFLOP/s; RSS {r['rss_ratio_vs_trl_a']}x",
+        )
+    if name == "train_dpo":
+        v = r["variants"]
+        return (
+            "LoRA DPO training real tokens/s, both sides (llama h256x4, seq 512, bf16)",
+            r["peer"],
+            f"{r['ratio_vs_trl_a']}x vs (a) defaults, {r['ratio_vs_trl_b']}x vs (b) no checkpointing "
+            f"({v['ours']['tokens_per_s']:.0f} vs {v['trl-b']['tokens_per_s']:.0f} tok/s; goal {r['goal']}); "
+            f"RSS {r['rss_ratio_vs_trl_b']}x",
         )
     if name == "train_memory":
         a = r["at_16384"]
