@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# LoRA on every linear projection of a llama/qwen2 block: what the training benchmarks train (and their peers)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 WORK = Path(__file__).resolve().parent / "work"
 
 
@@ -52,3 +54,13 @@ def peak_rss_mib_children() -> float:
 
 def peak_rss_mib_self() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def lora_train_config(model, data, out, **settings):
+    """The run every training benchmark measures: LoRA r16 (alpha 32, no dropout) on :data:`LORA_TARGETS`,
+    token-mean loss, constant lr, a metrics line per step; ``settings`` are what the benchmark varies."""
+    from mft_train.config import TrainConfig
+
+    base = dict(model=str(model), data=str(data), out=str(out), loss="token", lora_r=16, lora_alpha=32,
+                lora_dropout=0.0, target_modules=tuple(LORA_TARGETS), log_every=1, lr_schedule="constant")  # fmt: skip
+    return TrainConfig(**{**base, **settings})

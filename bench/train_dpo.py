@@ -20,13 +20,12 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import WORK, write_result  # noqa: E402
-from train_throughput import TARGETS, _Timer, summarize  # noqa: E402
+from common import WORK, lora_train_config, write_result  # noqa: E402
+from train_throughput import measure_variant, timed_trl_curve, trl_args, trl_lora  # noqa: E402
 
 SEQ = 512
 PAIRS = 600
@@ -55,32 +54,12 @@ def synthetic_pairs(seed: int = 0) -> list[dict]:
 
 def run_ours(work, steps, rows_per_step, micro):
     from mft_train.api import train
-    from mft_train.config import TrainConfig
 
     out = os.path.join(work, "ours")
     shutil.rmtree(out, ignore_errors=True)
-    cfg = TrainConfig(
-        model=os.path.join(work, "base"),
-        data=os.path.join(work, "tok"),
-        out=out,
-        preference="dpo",
-        beta=0.1,
-        lr=2e-4,
-        max_steps=steps,
-        micro_batch_size=micro,
-        grad_accum=rows_per_step // micro,
-        seq_len=SEQ,
-        bf16=True,
-        loss="token",
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules=tuple(TARGETS),
-        log_every=1,
-        eval_every=0,
-        warmup_steps=0,
-        lr_schedule="constant",
-    )
+    cfg = lora_train_config(os.path.join(work, "base"), os.path.join(work, "tok"), out, preference="dpo", beta=0.1,
+                            lr=2e-4, max_steps=steps, micro_batch_size=micro, grad_accum=rows_per_step // micro,
+                            seq_len=SEQ, bf16=True, eval_every=0, warmup_steps=0)  # fmt: skip
     train(cfg)
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"train"' in l]
     return [(r["loss"], r["tokens_per_s"]) for r in rows]
@@ -89,54 +68,24 @@ def run_ours(work, steps, rows_per_step, micro):
 def run_trl(work, steps, pairs_per_step, micro, variant):
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     base = os.path.join(work, "base")
     rows = [json.loads(l) for l in open(os.path.join(work, "trl_pairs.jsonl"))]
-    cfg = DPOConfig(
-        output_dir=os.path.join(work, variant),
-        max_steps=steps,
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=pairs_per_step // micro,
-        learning_rate=2e-4,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        beta=0.1,
-        bf16=True,
-        use_cpu=True,
-        max_length=SEQ,
-        gradient_checkpointing=variant == "trl-a",
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        dataloader_num_workers=0,
-        seed=0,
+    cfg = DPOConfig(**trl_args(work, variant, steps, pairs_per_step, micro), beta=0.1)
+    return timed_trl_curve(
+        lambda callbacks: DPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+            ref_model=None,
+            args=cfg,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=AutoTokenizer.from_pretrained(base),
+            peft_config=trl_lora(),
+            callbacks=callbacks,
+        ),
+        pairs_per_step // micro,
     )
-    timer = _Timer()
-    trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-        ref_model=None,
-        args=cfg,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=AutoTokenizer.from_pretrained(base),
-        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"),
-        callbacks=[timer.callback],
-    )
-    real_tokens: list[int] = []
-    original = trainer.compute_loss
-
-    def compute_loss(model, inputs, *a, **k):
-        real_tokens.append(int(inputs["attention_mask"].sum()))
-        return original(model, inputs, *a, **k)
-
-    trainer.compute_loss = compute_loss
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    accum = pairs_per_step // micro
-    per_step = [sum(real_tokens[i * accum : (i + 1) * accum]) for i in range(len(timer.times))]
-    return [(l, n / t) for l, n, t in zip(losses, per_step, timer.times)]
 
 
 def prepare(work) -> float:
@@ -188,19 +137,7 @@ def main() -> None:
     plans = {"ours": (args.rows_per_step, args.micro), "trl-a": (trl_pairs, 2), "trl-b": (trl_pairs, 2)}
     results = {}
     for variant, (per_step, micro) in plans.items():
-        cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-               "--rows-per-step", str(per_step), "--micro", str(micro)]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            print(proc.stdout[-3000:], proc.stderr[-5000:])
-            raise SystemExit(f"variant {variant} failed")
-        data = json.loads(line[0][7:])
-        results[variant] = {
-            **summarize(data["curve"], skip=2),
-            "peak_rss_mib": round(data["peak_rss_mib"]),
-            "curve": [[round(l, 4), round(t, 1)] for l, t in data["curve"]],
-        }
+        results[variant] = measure_variant(__file__, variant, args.steps, per_step, micro, skip=2)
         print(variant, {k: v for k, v in results[variant].items() if k != "curve"}, flush=True)
     ours = results["ours"]["tokens_per_s"]
     write_result(

@@ -35,10 +35,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import WORK, write_result  # noqa: E402
+from common import LORA_TARGETS, WORK, lora_train_config, write_result  # noqa: E402
 
 VOCAB = 151_936
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = LORA_TARGETS  # what the TRL peer gets too
 SEQS = (4096, 16384)
 BUDGET_MIB = 8192
 VARIANTS = ("mft-chunk-off", "mft", "mft-ckpt", "trl")
@@ -104,26 +104,18 @@ def prepare(work: Path, base: Path, seq: int) -> Path:
 # --- one variant, in a child process -----------------------------------------------------------------------------
 def run_mft(work: Path, folder: Path, seq: int, variant: str, steps: int) -> list[float]:
     from mft_train.api import train
-    from mft_train.config import TrainConfig
 
     out = folder / variant
     shutil.rmtree(out, ignore_errors=True)
-    cfg = TrainConfig(
-        model=str(work / "base"),
-        data=str(folder / "tok"),
-        out=str(out),
+    cfg = lora_train_config(
+        work / "base",
+        folder / "tok",
+        out,
         max_steps=steps,
         micro_batch_size=1,
         grad_accum=1,
         seq_len=seq,
         bf16=False,
-        loss="token",
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules=tuple(TARGETS),
-        log_every=1,
-        lr_schedule="constant",
         lm_head_chunk=0 if variant == "mft-chunk-off" else "auto",
         grad_checkpointing="full" if variant == "mft-ckpt" else "none",
     )

@@ -26,10 +26,10 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import WORK, write_result  # noqa: E402
+from common import LORA_TARGETS, WORK, lora_train_config, write_result  # noqa: E402
 
 SEQ = 512
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = LORA_TARGETS  # what the TRL peers get too
 
 
 def synthetic_tasks(seed: int = 0) -> dict[str, list[dict]]:
@@ -100,31 +100,12 @@ def flops_params(model_dir: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 def run_ours(work, steps, rows_per_step, micro, compile=False):
     from mft_train.api import train
-    from mft_train.config import TrainConfig
 
     out = os.path.join(work, "ours")
     shutil.rmtree(out, ignore_errors=True)
-    cfg = TrainConfig(
-        model=os.path.join(work, "base"),
-        data=os.path.join(work, "tok"),
-        output_dir=out,
-        lr=2e-4,
-        max_steps=steps,
-        micro_batch_size=micro,
-        grad_accum=rows_per_step // micro,
-        seq_len=SEQ,
-        bf16=True,
-        loss_mode="token",
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules=tuple(TARGETS),
-        log_every=1,
-        eval_every=0,
-        warmup_steps=0,
-        lr_schedule="constant",
-        compile=compile,
-    )
+    cfg = lora_train_config(os.path.join(work, "base"), os.path.join(work, "tok"), out, lr=2e-4, max_steps=steps,
+                            micro_batch_size=micro, grad_accum=rows_per_step // micro, seq_len=SEQ, bf16=True,
+                            eval_every=0, warmup_steps=0, compile=compile)  # fmt: skip
     train(cfg)
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"train"' in l]
     return [(r["loss"], r["tokens_per_s"]) for r in rows]
@@ -148,21 +129,10 @@ class _Timer:
         self.start = 0.0
 
 
-def run_trl(work, steps, rows_per_step, micro, variant):
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    base = os.path.join(work, "base")
-    tok = AutoTokenizer.from_pretrained(base)
-    tok.chat_template = generation_template()
-    records = [json.loads(l) for l in open(os.path.join(work, "messages.jsonl"))]
-    dataset = Dataset.from_list(records)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    packing = variant == "trl-b-packing"
-    cfg = SFTConfig(
+def trl_args(work, variant, steps, rows_per_step, micro) -> dict:
+    """The TrainingArguments every TRL peer gets: same steps, batch, lr schedule and bf16 as ours; variant (a)
+    checkpoints gradients (TRL's default), the others do not."""
+    return dict(
         output_dir=os.path.join(work, variant),
         max_steps=steps,
         per_device_train_batch_size=micro,
@@ -173,25 +143,26 @@ def run_trl(work, steps, rows_per_step, micro, variant):
         bf16=True,
         use_cpu=True,
         max_length=SEQ,
-        packing=packing,
-        padding_free=packing,
         gradient_checkpointing=variant == "trl-a",
-        assistant_only_loss=True,
         logging_steps=1,
         report_to=[],
         save_strategy="no",
         dataloader_num_workers=0,
         seed=0,
     )
+
+
+def trl_lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+
+
+def timed_trl_curve(make_trainer, accum: int) -> list[tuple[float, float]]:
+    """Train a TRL trainer (``make_trainer(callbacks)``) and return (loss, real tokens/s) per optimizer step: real
+    tokens from each micro-batch's attention mask, time from the step callbacks."""
     timer = _Timer()
-    trainer = SFTTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tok,
-        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"),
-        callbacks=[timer.callback],
-    )
+    trainer = make_trainer([timer.callback])
     real_tokens: list[int] = []
     original = trainer.compute_loss
 
@@ -203,9 +174,38 @@ def run_trl(work, steps, rows_per_step, micro, variant):
     trainer.compute_loss = compute_loss
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    accum = rows_per_step // micro
     per_step_tokens = [sum(real_tokens[i * accum : (i + 1) * accum]) for i in range(len(timer.times))]
     return [(l, n / t) for l, n, t in zip(losses, per_step_tokens, timer.times)]
+
+
+def run_trl(work, steps, rows_per_step, micro, variant):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    base = os.path.join(work, "base")
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = generation_template()
+    records = [json.loads(l) for l in open(os.path.join(work, "messages.jsonl"))]
+    packing = variant == "trl-b-packing"
+    cfg = SFTConfig(
+        **trl_args(work, variant, steps, rows_per_step, micro),
+        packing=packing,
+        padding_free=packing,
+        assistant_only_loss=True,
+    )
+    return timed_trl_curve(
+        lambda callbacks: SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+            args=cfg,
+            train_dataset=Dataset.from_list(records),
+            processing_class=tok,
+            peft_config=trl_lora(),
+            callbacks=callbacks,
+        ),
+        rows_per_step // micro,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,6 +251,23 @@ def summarize(curve, skip):
     }
 
 
+def measure_variant(script: str, variant: str, steps: int, rows: int, micro: int, skip: int) -> dict:
+    """Run ``script --variant VARIANT`` in its own process (its own peak RSS) and summarise the curve it prints."""
+    cmd = [sys.executable, script, "--variant", variant, "--steps", str(steps), "--rows-per-step", str(rows),
+           "--micro", str(micro)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        print(proc.stdout[-3000:], proc.stderr[-5000:])
+        raise SystemExit(f"variant {variant} failed")
+    data = json.loads(line[0][7:])
+    return {
+        **summarize(data["curve"], skip=skip),
+        "peak_rss_mib": round(data["peak_rss_mib"]),
+        "curve": [[round(l, 4), round(t, 1)] for l, t in data["curve"]],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant")
@@ -281,29 +298,7 @@ def main() -> None:
         "trl-b-packing": (args.rows_per_step, args.micro),
     }
     for variant, (rows, micro) in plans.items():
-        cmd = [
-            sys.executable,
-            __file__,
-            "--variant",
-            variant,
-            "--steps",
-            str(args.steps),
-            "--rows-per-step",
-            str(rows),
-            "--micro",
-            str(micro),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            print(proc.stdout[-3000:], proc.stderr[-5000:])
-            raise SystemExit(f"variant {variant} failed")
-        data = json.loads(line[0][7:])
-        results[variant] = {
-            **summarize(data["curve"], skip=3),
-            "peak_rss_mib": round(data["peak_rss_mib"]),
-            "curve": [[round(l, 4), round(t, 1)] for l, t in data["curve"]],
-        }
+        results[variant] = measure_variant(__file__, variant, args.steps, rows, micro, skip=3)
         print(variant, {k: v for k, v in results[variant].items() if k != "curve"}, flush=True)
     n = flops_params(os.path.join(work, "base"))
     peak_bf16, peak_fp32 = matmul_peak("bfloat16"), matmul_peak("float32")
