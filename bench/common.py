@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# LoRA on every linear projection of a llama/qwen2 block: what the training benchmarks train (and their peers)
+# LoRA on every linear projection of a llama/qwen2 block: what the training benchmarks train, ours and TRL's alike
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_R, LORA_ALPHA = 16, 32
 WORK = Path(__file__).resolve().parent / "work"
 
 
@@ -61,6 +62,14 @@ def lora_train_config(model, data, out, **settings):
     token-mean loss, constant lr, a metrics line per step; ``settings`` are what the benchmark varies."""
     from mft_train.config import TrainConfig
 
-    base = dict(model=str(model), data=str(data), out=str(out), loss="token", lora_r=16, lora_alpha=32,
+    base = dict(model=str(model), data=str(data), out=str(out), loss="token", lora_r=LORA_R, lora_alpha=LORA_ALPHA,
                 lora_dropout=0.0, target_modules=tuple(LORA_TARGETS), log_every=1, lr_schedule="constant")  # fmt: skip
     return TrainConfig(**{**base, **settings})
+
+
+def trl_lora():
+    """The same LoRA for a TRL peer, as the ``peft_config`` its trainers take."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                      task_type="CAUSAL_LM")  # fmt: skip

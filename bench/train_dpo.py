@@ -24,8 +24,8 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import WORK, lora_train_config, write_result  # noqa: E402
-from train_throughput import measure_variant, timed_trl_curve, trl_args, trl_lora  # noqa: E402
+from common import WORK, lora_train_config, trl_lora, write_result  # noqa: E402
+from train_throughput import measure_variant, timed_trl_curve, trl_args  # noqa: E402
 
 SEQ = 512
 PAIRS = 600

@@ -35,10 +35,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import LORA_TARGETS, WORK, lora_train_config, write_result  # noqa: E402
+from common import WORK, lora_train_config, trl_lora, write_result  # noqa: E402
 
 VOCAB = 151_936
-TARGETS = LORA_TARGETS  # what the TRL peer gets too
 SEQS = (4096, 16384)
 BUDGET_MIB = 8192
 VARIANTS = ("mft-chunk-off", "mft", "mft-ckpt", "trl")
@@ -128,7 +127,6 @@ def run_trl(work: Path, folder: Path, seq: int, steps: int) -> list[float]:
     import torch
     from data_tokenize import generation_template
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -168,7 +166,7 @@ def run_trl(work: Path, folder: Path, seq: int, steps: int) -> list[float]:
         args=cfg,
         train_dataset=dataset,
         processing_class=tok,
-        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"),
+        peft_config=trl_lora(),
         callbacks=[Timer()],
     )
     original = trainer.compute_loss

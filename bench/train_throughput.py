@@ -26,10 +26,9 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import LORA_TARGETS, WORK, lora_train_config, write_result  # noqa: E402
+from common import WORK, lora_train_config, trl_lora, write_result  # noqa: E402
 
 SEQ = 512
-TARGETS = LORA_TARGETS  # what the TRL peers get too
 
 
 def synthetic_tasks(seed: int = 0) -> dict[str, list[dict]]:
@@ -150,12 +149,6 @@ def trl_args(work, variant, steps, rows_per_step, micro) -> dict:
         dataloader_num_workers=0,
         seed=0,
     )
-
-
-def trl_lora():
-    from peft import LoraConfig
-
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
 
 
 def timed_trl_curve(make_trainer, accum: int) -> list[tuple[float, float]]:
