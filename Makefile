@@ -8,7 +8,7 @@ PACKAGES := mft-core mft-data mft-eval mft-train mft-merge mft-quant
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-fast test-slow test-all test-atorch install-atorch test-vllm install-vllm pipeline bench lint clean
+.PHONY: help install test test-fast test-slow test-all test-atorch install-atorch test-vllm install-vllm pipeline feedback bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test-vllm: install-vllm  ## vLLM on CPU vs the HF backend on the quick demo's me
 
 pipeline:  ## the whole chain on the built-in tiny default, into runs/pipeline/
 	$(BIN)/python examples/pipeline/run.py $(ARGS)
+
+feedback:  ## after `make pipeline`: sample, build RFT and DPO data from the sandbox's verdicts, train, score held-out
+	$(BIN)/python examples/feedback/run.py $(ARGS)
 
 bench:  ## every bench/*.py, results collected into bench/README.md
 	$(BIN)/python bench/run_all.py $(ARGS)

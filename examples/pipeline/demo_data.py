@@ -10,7 +10,8 @@ string and list transforms) with names and constants varied:
 - ``dev_numbers.jsonl``, ``dev_strings.jsonl``, ``dev_lists.jsonl``: small codegen problem sets, one per family
   group (argument ``x``, ``s``, ``xs``), for pass@1 while training (mft-train ``eval_problems``): names never in
   training nor held out, constants from the training range, so choosing a checkpoint by them never looks at the
-  held-out problems.
+  held-out problems;
+- ``write_fresh_problems``: more training-family problems with new names, for examples/feedback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +317,23 @@ def generate(
             for i, fn in enumerate(chosen):
                 f.write(json.dumps(_problem(f"Dev/{group}/{i}", fn)) + "\n")
     return files
+
+
+def names_in(folder: Path) -> set[str]:
+    """Every function name defined in a demo raw folder (training records, held-out and dev problems)."""
+    return {m for f in folder.glob("*.jsonl") for m in re.findall(r"def (\w+)\(", f.read_text())}
+
+
+def write_fresh_problems(path: Path, n: int, seed: int, avoid_names: set[str]) -> Path:
+    """``n`` new *training-family* problems (the examples/feedback round's): constants from the training ranges,
+    names never in ``avoid_names`` (pass ``names_in(raw)``: no training, held-out or dev name), so a feedback round
+    learns from problems like its training data and is still measured on the untouched held-out ones."""
+    rng = random.Random(seed + 3_000_003)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, fn in enumerate(unique_funcs(rng, n, held=False, avoid_names=avoid_names)):
+            f.write(json.dumps(_problem(f"Fresh/{seed}/{i}", fn)) + "\n")
+    return path
 
 
 def _problem(task_id: str, fn: Func) -> dict:

@@ -104,6 +104,33 @@ def test_demo_heldout_problems_are_unseen_and_solvable(tmp_path):
             exec(problem["prompt"] + wrong + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n", {})
 
 
+def test_feedback_problems_are_training_family_and_disjoint_from_every_demo_name(tmp_path):
+    # examples/feedback learns from these: new names (never trained on, held out or dev), training constants only
+    import re
+
+    sys.path.insert(0, str(REPO / "examples" / "pipeline"))
+    from demo_data import HELDOUT_CONSTANTS, HELDOUT_SMALL, HELDOUT_WORDS, generate, names_in, write_fresh_problems
+
+    raw = tmp_path / "raw"
+    generate(raw, n_codegen=600, n_explain=300, n_bugfix=300, n_heldout=40, n_dev=8)
+    used = names_in(raw)
+    held = {json.loads(l)["entry_point"] for l in (raw / "heldout.jsonl").read_text().splitlines()}
+    assert held and held <= used and len(used) > 1000  # names_in sees the held-out and training names
+    problems = [json.loads(l) for l in write_fresh_problems(tmp_path / "f.jsonl", 64, 0, used).read_text().splitlines()]
+    again = write_fresh_problems(tmp_path / "g.jsonl", 64, 0, used).read_text()
+    assert len(problems) == 64 and (tmp_path / "f.jsonl").read_text() == again  # deterministic for a seed
+    assert write_fresh_problems(tmp_path / "h.jsonl", 64, 1, used).read_text() != again
+    for problem in problems:
+        assert problem["entry_point"] not in used
+        body = problem["canonical_solution"]
+        numbers = {int(n) for n in re.findall(r"\d+", body)}
+        assert not numbers & HELDOUT_CONSTANTS, body
+        if "s[" in body or "s *" in body or "count" in body:
+            assert not numbers & HELDOUT_SMALL, body
+        assert not any(f"'{w}'" in body for w in HELDOUT_WORDS), body
+        exec(problem["prompt"] + body + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n", {})
+
+
 def test_pipeline_with_a_real_model_and_config_skips_the_tiny_base(tmp_path, monkeypatch):
     # `make pipeline ARGS="--model M --config C"`: the same stages with M as the base and C's settings
     sys.path.insert(0, str(REPO / "examples" / "pipeline"))
@@ -124,3 +151,42 @@ def test_pipeline_with_a_real_model_and_config_skips_the_tiny_base(tmp_path, mon
     assert train[2].endswith("qwen2.5-coder-7b-lora.yaml") and "model=Org/Coder-7B" in train
     assert not any(a.startswith("epochs=") for a in train)  # the config's own epochs
     assert stages["eval-demo-base"][2] == "Org/Coder-7B"
+
+
+@pytest.mark.slow
+def test_feedback_round_end_to_end_on_the_quick_pipeline(tmp_path):
+    """examples/feedback on a --quick pipeline: every stage's folder, lineage to the eval folder, three arms merged.
+    A quick model passes nothing, and the round then stops at from-eval with its clear error; so the sampled file is
+    re-scored by the sandbox with the reference solution in half the samples (plumbing, not a result)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    pipeline, run = tmp_path / "pipeline", tmp_path / "feedback"
+    quick = [sys.executable, str(REPO / "examples" / "pipeline" / "run.py"), "--quick", "--run-dir", str(pipeline)]
+    assert subprocess.run(quick, capture_output=True, text=True, timeout=1500, env=env).returncode == 0
+    cmd = [sys.executable, str(REPO / "examples" / "feedback" / "run.py"), "--quick", "--pipeline", str(pipeline),
+           "--run-dir", str(run), "--seeds", "0"]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
+    seed = run / "seed-0"
+    if first.returncode != 0:  # nothing passed: the error names the fix; give half the samples the reference
+        assert "no problem has a passing sample" in first.stderr + first.stdout
+        problems = {json.loads(l)["task_id"]: json.loads(l) for l in (seed / "fresh.jsonl").read_text().splitlines()}
+        rows = [json.loads(l) for l in (seed / "samples" / "samples.jsonl").read_text().splitlines()]
+        for r in rows:
+            if r["sample"] % 2 == 0:
+                r["completion"] = r["raw"] = problems[r["task_id"]]["canonical_solution"]
+        (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        score = [str(Path(sys.executable).parent / "mft-eval"), "score", str(tmp_path / "s.jsonl"), "--problems",
+                 str(seed / "fresh.jsonl"), "--out", str(seed / "samples"), "--overwrite"]  # fmt: skip
+        assert subprocess.run(score, capture_output=True, text=True, timeout=600, env=env).returncode == 0
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    round_ = json.loads((run / "results.json").read_text())["rounds"][0]
+    assert set(round_["arms"]) == {"before", "rft", "dpo", "rft+dpo"}
+    for kind in ("sft", "pairs"):
+        assert round_["data"][kind]["eval"] == str(seed / "samples") and round_["data"][kind]["records"] > 0
+    for arm in ("rft", "dpo", "rft+dpo"):
+        assert (seed / f"merged-{arm}" / "manifest.json").is_file()
+        assert 0.0 <= round_["arms"][arm]["heldout"]["pass@1"] <= 1.0
+    assert round_["arms"]["dpo"]["train"]["last"]["rewards"]["prefs"]["pairs"] > 0  # the DPO arm trained on pairs
+    assert round_["arms"]["rft"]["train"]["last"]["rewards"] is None
+    merged_rft = json.loads((seed / "train-rft+dpo" / "manifest.json").read_text())
+    assert str(seed / "merged-rft") in json.dumps(merged_rft)  # RFT then DPO starts from the RFT model

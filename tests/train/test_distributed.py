@@ -382,17 +382,27 @@ def test_launch_any_command_kind(llama_base, tmp_path):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("preference", ["dpo", pytest.param("orpo", marks=pytest.mark.slow)])
-def test_preference_two_processes_equal_one(llama_base, preference, tmp_path):
-    """Task-balanced DPO/ORPO on 2 ranks x 2 micro-batches = 1 x 4: one SGD step at lr 1, so the adapters differ by
-    exactly the gradients (the LoRA B matrices start at 0: their change is the whole gradient)."""
+@pytest.mark.parametrize(
+    "preference, strategy",
+    [
+        ("dpo", "ddp"),
+        ("dpo", "zero3"),  # parameters sharded: the reference pass (adapter disabled) gathers them as training does
+        ("dpo", "fsdp"),
+        pytest.param("orpo", "ddp", marks=pytest.mark.slow),
+        pytest.param("dpo", "zero2", marks=pytest.mark.slow),
+    ],
+)
+def test_preference_two_processes_equal_one(llama_base, preference, strategy, tmp_path):
+    """Task-balanced DPO/ORPO on 2 ranks x 2 micro-batches = 1 x 4, under DDP, ZeRO and FSDP: one SGD step at lr 1,
+    so the adapters differ by exactly the gradients (the LoRA B matrices start at 0: their change is the whole
+    gradient)."""
     data = pair_folder(tmp_path, llama_base, seq_len=160, split=None)
     config = write_config(tmp_path / "cfg.yaml", llama_base, data, preference=preference, seq_len=160,
                           optimizer="sgd", lr=1.0, max_steps=1, task_weights={"gen": 1.0, "fix": 3.0})  # fmt: skip
     run_single(config, tmp_path / "single")
-    run_launch(config, tmp_path / "ddp", "ddp")
-    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-6)
-    a, b = adapter(tmp_path / "single"), adapter(tmp_path / "ddp")
+    run_launch(config, tmp_path / strategy, strategy)
+    assert losses(tmp_path / strategy) == pytest.approx(losses(tmp_path / "single"), abs=1e-6)
+    a, b = adapter(tmp_path / "single"), adapter(tmp_path / strategy)
     moved = [n for n in a if "lora_B" in n and a[n].abs().max() > 1e-4]
     assert moved, "the step changed the adapter"
     for name in a:
