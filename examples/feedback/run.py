@@ -11,7 +11,8 @@ From the fine-tuned demo model (`make pipeline` -> runs/pipeline/merged), for ea
     never trained on), the same commands `make pipeline` scores with.
 Writes runs/feedback/results.json and examples/feedback/results.json, and prints the README table.
 
-    make feedback                              # after make pipeline; ARGS="--seeds 0,1 --quick" for a smoke run
+    make feedback                              # after make pipeline
+    python examples/feedback/run.py --quick --pipeline runs/quick --seeds 0   # smoke run on a --quick pipeline
     python examples/feedback/run.py --pipeline runs/pipeline --run-dir runs/feedback --seeds 0,1,2
 """
 
@@ -77,8 +78,7 @@ class Round:
             self.run_tool(f"from-eval-{kind}", folder / "manifest.json", mft_data, "from-eval", samples,
                           "--task", task, "--mode", mode, "--per-problem", self.fresh[k], "--seed", self.seed,
                           "--out", folder, "--overwrite")  # fmt: skip
-            self.run_tool(f"validate-{kind}", folder / ".validated", mft_data, "validate", folder, "--strict")
-            (folder / ".validated").touch()
+            self.sh.sh(f"validate-{kind}", mft_data, "validate", folder, "--strict")  # cheap: every run
             data[kind] = folder
         return data
 
@@ -86,8 +86,9 @@ class Round:
         start, kind, config = ARMS[arm]
         base = self.models[start]
         tok = self.dir / f"tok-{arm}"
+        seq_len = Pipeline(self.dir, self.sh.s, config=CONFIGS / config).seq_len  # the arm's YAML declares it
         self.run_tool(f"tokenize-{arm}", tok / "manifest.json", self.sh.tool("mft-data"), "tokenize", data[kind],
-                      "--tokenizer", base, "--out", tok, "--seq-len", "512", "--overwrite")  # fmt: skip
+                      "--tokenizer", base, "--out", tok, "--seq-len", seq_len, "--overwrite")  # fmt: skip
         train = self.dir / f"train-{arm}"
         keys = [f"model={base}", f"data={tok}", f"output_dir={train}", f"seed={self.seed}"]
         self.run_tool(f"train-{arm}", train / "manifest.json", self.sh.tool("mft-train"), "run", CONFIGS / config,
