@@ -2,8 +2,8 @@
 
 Tasks (from the pipeline's demo generator): `explain` (many short answers: large and easy), `codegen` (medium),
 `bugfix` (few records, long answers: small and hard). The same tiny model, data, seed and steps are trained twice,
-with `loss_mode: task` and `loss_mode: coba`; per-task valid losses are recorded at every eval. Writes
-`examples/coba/coba_vs_task.png` and `examples/coba/results.json`, and prints the README table.
+`loss: task` with `task_weighting: static` and with `task_weighting: coba`; per-task valid losses are recorded at
+every eval. Writes `examples/coba/coba_vs_task.png` and `examples/coba/results.json`, and prints the README table.
 
     python examples/coba/run.py [--steps 300] [--work runs/coba]
 """
@@ -51,8 +51,9 @@ def train(work: Path, base: Path, mode: str, steps: int) -> Path:
         TrainConfig(
             model=str(base),
             data=str(work / "tok"),
-            output_dir=str(out),
-            loss_mode=mode,
+            out=str(out),
+            loss="task",
+            task_weighting="static" if mode == "task" else mode,
             lr=2e-3,
             peft="none",
             max_steps=steps,

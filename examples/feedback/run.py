@@ -5,10 +5,11 @@ From the fine-tuned demo model (`make pipeline` -> runs/pipeline/merged), for ea
     dev: demo_data.write_fresh_problems);
  2. `mft-eval humaneval --n-samples 8 --temperature 0.8` on them: every sample with its sandbox verdict;
  3. `mft-data from-eval --mode sft` (distinct passing samples) and `--mode pairs` ((pass, fail) of one problem);
- 4. three arms, each a fresh LoRA merged back with `mft-merge`: RFT (SFT on the passing samples), DPO (on the
-    pairs, from the demo model: on-policy) and RFT then DPO (the pairs again, on the RFT model);
+ 4. four arms, each a fresh LoRA merged back with `mft-merge`: RFT (SFT on the passing samples), DPO and RPO (on
+    the pairs, from the demo model: on-policy; RPO adds the chosen answer's NLL) and RFT then DPO (the pairs
+    again, on the RFT model);
  5. greedy pass@1 of every model on the untouched held-out problems and on the dev sets (training family, names
-    never trained on), the same commands `make pipeline` scores with.
+    never trained on), the same commands `make pipeline` scores with, and passes per demo family.
 Writes runs/feedback/results.json and examples/feedback/results.json, and prints the README table.
 
     make feedback                              # after make pipeline
@@ -30,17 +31,19 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "examples" / "pipeline"))
 
-from demo_data import DEV_GROUPS, names_in, write_fresh_problems  # noqa: E402
+from demo_data import DEV_GROUPS, family_of, names_in, write_fresh_problems  # noqa: E402
 from run import FULL, QUICK, Pipeline, sets  # noqa: E402  (the demo pipeline's stage runner)
 
 CONFIGS = REPO / "examples" / "configs"
 ARMS = {  # arm -> (model it starts from, data, config)
     "rft": ("before", "sft", "feedback-rft.yaml"),
     "dpo": ("before", "pairs", "feedback-dpo.yaml"),
+    "rpo": ("before", "pairs", "feedback-rpo.yaml"),
     "rft+dpo": ("rft", "pairs", "feedback-dpo.yaml"),
 }
-FRESH = dict(full=dict(problems=64, samples=8, per_problem=2, pairs=4), quick=dict(problems=6, samples=4,
-             per_problem=2, pairs=2))  # fmt: skip
+SAMPLING = dict(temperature=0.8, top_p=0.95)
+FRESH = dict(full=dict(problems=256, samples=8, per_problem=2, pairs=4, **SAMPLING),
+             quick=dict(problems=6, samples=4, per_problem=2, pairs=2, **SAMPLING))  # fmt: skip
 
 
 class Round:
@@ -64,10 +67,11 @@ class Round:
         if not problems.is_file():
             write_fresh_problems(problems, self.fresh["problems"], self.seed, names_in(self.src / "raw"))
         out = self.dir / "samples"
+        f = self.fresh
         self.run_tool("sample", out / "manifest.json", self.sh.tool("mft-eval"), "humaneval", self.models["before"],
-                      "--problems", problems, "--out", out, "--n-samples", self.fresh["samples"], "--temperature",
-                      "0.8", "--top-p", "0.95", "--seed", self.seed, "--prompt", "chat", "--max-new-tokens",
-                      self.new_tokens, "--batch-size", "16", "--overwrite")  # fmt: skip
+                      "--problems", problems, "--out", out, "--n-samples", f["samples"], "--temperature",
+                      f["temperature"], "--top-p", f["top_p"], "--seed", self.seed, "--prompt", "chat",
+                      "--max-new-tokens", self.new_tokens, "--batch-size", "16", "--overwrite")  # fmt: skip
         return out
 
     def build_data(self, samples: Path) -> dict[str, Path]:
@@ -90,7 +94,7 @@ class Round:
         self.run_tool(f"tokenize-{arm}", tok / "manifest.json", self.sh.tool("mft-data"), "tokenize", data[kind],
                       "--tokenizer", base, "--out", tok, "--seq-len", seq_len, "--overwrite")  # fmt: skip
         train = self.dir / f"train-{arm}"
-        keys = [f"model={base}", f"data={tok}", f"output_dir={train}", f"seed={self.seed}"]
+        keys = [f"model={base}", f"data={tok}", f"out={train}", f"seed={self.seed}"]
         self.run_tool(f"train-{arm}", train / "manifest.json", self.sh.tool("mft-train"), "run", CONFIGS / config,
                       *sets(*keys))  # fmt: skip
         merged = self.dir / f"merged-{arm}"
@@ -106,7 +110,7 @@ class Round:
                       "--problems", problems, "--out", out, "--prompt", "chat", "--max-new-tokens", self.new_tokens,
                       "--batch-size", "8", "--overwrite")  # fmt: skip
         summary = json.loads((out / "summary.json").read_text())
-        return {"pass@1": summary["pass_at_k"]["pass@1"], "problems": summary["tasks"]}
+        return {"pass@1": summary["pass_at_k"]["pass@1"], "problems": summary["tasks"], **by_family(out, problems)}
 
     def dev_file(self) -> Path:
         """The three dev sets as one problem file (training family, names never trained on)."""
@@ -115,11 +119,17 @@ class Round:
             path.write_text("".join((self.src / "raw" / f"dev_{g}.jsonl").read_text() for g in DEV_GROUPS))
         return path
 
+    def settings(self) -> dict:
+        """What this round ran with: problem and sample counts, and each arm's training YAML as written."""
+        configs = {arm: (CONFIGS / config).read_text() for arm, (_, _, config) in ARMS.items()}
+        return {**self.fresh, "configs": configs}
+
     def go(self) -> dict:
         self.dir.mkdir(parents=True, exist_ok=True)
         samples = self.sample()
         data = self.build_data(samples)
-        result = {"seed": self.seed, "sampling": sampling_stats(samples), "data": data_stats(data), "arms": {}}
+        result = {"seed": self.seed, "settings": self.settings(), "sampling": sampling_stats(samples),
+                  "data": data_stats(data), "arms": {}}  # fmt: skip
         for arm in ARMS:
             train = self.train_arm(arm, data)
             result["arms"][arm] = {"train": train_stats(train)}
@@ -136,6 +146,18 @@ def sampling_stats(samples: Path) -> dict:
     per_task = summary.get("per_task", {})
     solved = [t for t, v in per_task.items() if v["correct"] > 0]
     return {"pass@1": summary["pass_at_k"]["pass@1"], "problems": summary["tasks"], "problems_with_a_pass": len(solved)}
+
+
+def by_family(eval_dir: Path, problems: Path) -> dict:
+    """Passes per demo family ("Return the last N characters of s.": [passed, problems]): which mistakes moved."""
+    family = {json.loads(l)["task_id"]: family_of(json.loads(l)["prompt"]) for l in problems.read_text().splitlines()}
+    counts: dict[str, list[int]] = {}
+    for line in (eval_dir / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        entry = counts.setdefault(family[row["task_id"]], [0, 0])
+        entry[0] += bool(row["passed"])
+        entry[1] += 1
+    return {"by_family": dict(sorted(counts.items()))}
 
 
 def data_stats(data: dict[str, Path]) -> dict:
@@ -165,6 +187,21 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def family_table(results: list[dict]) -> str:
+    """Held-out passes per demo family the model before the round gets wrong, summed over seeds (passed/problems)."""
+    names = ["before", *ARMS]
+    families = results[0]["arms"]["before"]["heldout"]["by_family"]
+    wrong = [f for f, (passed, n) in families.items() if passed < n]
+    lines = ["| held-out family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for fam in wrong:
+        cells = []
+        for name in names:
+            counts = [r["arms"][name]["heldout"]["by_family"][fam] for r in results]
+            cells.append(f"{sum(c[0] for c in counts)}/{sum(c[1] for c in counts)}")
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def pct(values: list[float]) -> str:
     mean = 100 * statistics.mean(values)
     return f"{mean:.1f} % ({100 * min(values):.1f}-{100 * max(values):.1f})" if len(values) > 1 else f"{mean:.1f} %"
@@ -189,7 +226,7 @@ def main() -> None:
     (args.run_dir / "results.json").write_text(text)
     if not args.quick:  # the committed record of the measured run
         (HERE / "results.json").write_text(text)
-    print("\n" + table(results))
+    print("\n" + table(results) + "\n\n" + family_table(results))
 
 
 if __name__ == "__main__":

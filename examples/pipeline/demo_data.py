@@ -336,6 +336,12 @@ def write_fresh_problems(path: Path, n: int, seed: int, avoid_names: set[str]) -
     return path
 
 
+def family_of(prompt: str) -> str:
+    """A demo problem's family from its prompt: the docstring with its constant written N ("Return x plus N.")."""
+    doc = prompt.split('"""')[1].strip()
+    return re.sub(r"'[^']*'|\d+", "N", doc)
+
+
 def _problem(task_id: str, fn: Func) -> dict:
     """A HumanEval-format problem of one function."""
     return {

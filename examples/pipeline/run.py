@@ -190,7 +190,7 @@ class Pipeline:
 
     def train(self) -> None:
         r = self.run
-        keys = [f"model={self.base_model}", f"data={r / 'tok'}", f"output_dir={r / 'train'}"]
+        keys = [f"model={self.base_model}", f"data={r / 'tok'}", f"out={r / 'train'}"]
         if bf16_setting() == "false":  # on a CPU, whatever the YAML says
             keys.append("bf16=false")
         if self.config == DEMO_CONFIG:

@@ -19,6 +19,8 @@ VARIANTS = {
     "good": GOOD,
     "good_commented": "    # add k\n    return x + {k}   \n",  # the same program as `good` once normalised
     "good_other": "    y = x\n    return y + {k}\n",
+    "good_list": "    return [x + {k}][0]\n",
+    "good_list_wrapped": "    return [x\n            + {k}][0]\n",  # `good_list` with a line break: validate's duplicate
     "wrong": "    return x - {k}\n",
     "loop": "    while True:\n        pass\n",
     "crash": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
@@ -91,6 +93,18 @@ def test_sft_keeps_distinct_passing_samples_with_the_rendered_prompt(evaluated, 
     skipped = tmp_path / "skip"
     from_eval(FromEvalConfig(eval_dir=str(evaluated), task="rft", out=str(skipped), per_problem=1, skip_solved=True))
     assert sorted(r["meta"]["task_id"] for r in records(skipped, "rft")) == ["Train/add_3", "Train/add_5"]
+
+
+def test_sft_output_passes_strict_validation_when_samples_differ_only_by_line_breaks(tmp_path):
+    """Seen on the demo's feedback round: two passing samples that differ only in where a line breaks are one
+    program to validate's whitespace-normalised duplicate check, so from-eval must keep only one of them."""
+    evaluated = eval_folder(tmp_path / "e", {"4": ["good_list", "good_list_wrapped"]})
+    assert set(verdicts(evaluated).values()) == {"passed"}
+    out = tmp_path / "data"
+    from_eval(FromEvalConfig(eval_dir=str(evaluated), task="rft", out=str(out), per_problem=4))
+    assert [r["meta"]["sample"] for r in records(out, "rft")] == [0]
+    report = validate_folder(ValidateConfig(folder=str(out), strict=True))
+    assert report.ok, report.to_dict()
 
 
 def test_pairs_never_pair_two_passes_and_record_the_failure(evaluated, tmp_path):

@@ -62,6 +62,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
     cmd = [sys.executable, str(REPO / "examples" / "pipeline" / "run.py"), "--quick", "--run-dir", str(run)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert "warning: deprecated:" not in first.stdout + first.stderr  # current setting names
     for stage in STAGES:
         assert (run / stage / "manifest.json").is_file(), stage
     report = (run / "report.md").read_text()
@@ -109,7 +110,16 @@ def test_feedback_problems_are_training_family_and_disjoint_from_every_demo_name
     import re
 
     sys.path.insert(0, str(REPO / "examples" / "pipeline"))
-    from demo_data import HELDOUT_CONSTANTS, HELDOUT_SMALL, HELDOUT_WORDS, generate, names_in, write_fresh_problems
+    from demo_data import (
+        FAMILIES,
+        HELDOUT_CONSTANTS,
+        HELDOUT_SMALL,
+        HELDOUT_WORDS,
+        family_of,
+        generate,
+        names_in,
+        write_fresh_problems,
+    )
 
     raw = tmp_path / "raw"
     generate(raw, n_codegen=600, n_explain=300, n_bugfix=300, n_heldout=40, n_dev=8)
@@ -129,6 +139,9 @@ def test_feedback_problems_are_training_family_and_disjoint_from_every_demo_name
             assert not numbers & HELDOUT_SMALL, body
         assert not any(f"'{w}'" in body for w in HELDOUT_WORDS), body
         exec(problem["prompt"] + body + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n", {})
+    # the round reports passes per family: every problem maps to its family's docstring with the constant as N
+    families = {family_of(p["prompt"]) for p in problems}
+    assert families <= {f.doc("N").replace("'N'", "N") for f in FAMILIES} and len(families) >= 10, families
 
 
 def test_pipeline_with_a_real_model_and_config_skips_the_tiny_base(tmp_path, monkeypatch):
@@ -179,11 +192,12 @@ def test_feedback_round_end_to_end_on_the_quick_pipeline(tmp_path):
         assert subprocess.run(score, capture_output=True, text=True, timeout=600, env=env).returncode == 0
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "warning: deprecated:" not in first.stdout + first.stderr
     round_ = json.loads((run / "results.json").read_text())["rounds"][0]
-    assert set(round_["arms"]) == {"before", "rft", "dpo", "rft+dpo"}
+    assert set(round_["arms"]) == {"before", "rft", "dpo", "rpo", "rft+dpo"}
     for kind in ("sft", "pairs"):
         assert round_["data"][kind]["eval"] == str(seed / "samples") and round_["data"][kind]["records"] > 0
-    for arm in ("rft", "dpo", "rft+dpo"):
+    for arm in ("rft", "dpo", "rpo", "rft+dpo"):
         assert (seed / f"merged-{arm}" / "manifest.json").is_file()
         assert 0.0 <= round_["arms"][arm]["heldout"]["pass@1"] <= 1.0
     assert round_["arms"]["dpo"]["train"]["last"]["rewards"]["prefs"]["pairs"] > 0  # the DPO arm trained on pairs

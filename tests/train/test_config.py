@@ -1,5 +1,7 @@
 """The config: the old keys are read with one deprecation line each; what counts as "the same run"."""
 
+from pathlib import Path
+
 import pytest
 from mft_core.config import build_config
 from mft_core.errors import ConfigError
@@ -95,3 +97,14 @@ def test_the_engine_comes_from_the_strategy_field():
     for strategy in ("zero2", "zero3", "fsdp"):  # never a silent fallback to one process
         with pytest.raises(ConfigError, match=f"strategy {strategy} shards over a process group"):
             make_engine(TrainConfig(model="m", data="d", out="o", strategy=strategy), model, sgd, constant)
+
+
+EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "examples" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_example_config_builds_with_current_names(path, capsys):
+    """What a user copies first: each examples/configs YAML is a valid config and uses no deprecated key."""
+    cfg = build_config(TrainConfig, path, sets=["model=m", "data=d", "out=o"])
+    assert cfg.out == "o"
+    assert deprecation_lines(capsys) == []

@@ -32,6 +32,7 @@ from .config import FromEvalConfig
 from .decontam import Matcher, humaneval_texts, record_text
 from .folder import TOOL, begin_edit, load_summary, update_folder_manifest
 from .formatting import write_task_dir
+from .validation import normalised_text
 
 EVAL_COMMAND = "mft-eval humaneval MODEL --problems FILE --n-samples 8 --temperature 0.8 --out EVALDIR"
 _COMMENT = re.compile(r"#[^\n]*")
@@ -116,14 +117,16 @@ def read_eval(folder: str | Path) -> tuple[list[Sample], dict]:
 
 
 def _distinct(samples: list[Sample]) -> list[Sample]:
-    """The first sample of each distinct program (sample order)."""
+    """The first sample of each distinct program (sample order). Two samples are one program when their code
+    keys match or when their answers (the text trained on) match as validate's duplicate check reads them: a
+    line break moved inside brackets is the same program, and the folder must pass ``validate --strict``."""
     seen: set[str] = set()
     out = []
     for s in samples:
-        key = code_key(s.code)
-        if key not in seen:
-            seen.add(key)
+        keys = {"code:" + code_key(s.code), "text:" + normalised_text(s.answer)}
+        if not keys & seen:
             out.append(s)
+        seen |= keys
     return out
 
 
@@ -175,7 +178,7 @@ def pair_records(samples: list[Sample], task: str, per_problem: int, eval_id: st
         combos = [(p, f) for k in range(len(passing) * len(failing)) for p, f in [_combo(k, passing, failing)]]
         for good, bad in combos[:per_problem]:
             assert good.status == "passed" and bad.status != "passed"  # never two passes: the folder's promise
-            if good.answer == bad.answer:
+            if normalised_text(good.answer) == normalised_text(bad.answer):
                 continue  # same text, different verdict (a flaky test): no preference to learn
             records.append(
                 {

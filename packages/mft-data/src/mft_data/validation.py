@@ -76,6 +76,11 @@ def all_rounds(record) -> list:
     return (record.get("chat_rounds") or []) if isinstance(record, dict) else []
 
 
+def normalised_text(text: str) -> str:
+    """Text as the whitespace-normalised duplicate check compares it: runs of whitespace as one space, lower case."""
+    return _WS.sub(" ", text).strip().lower()
+
+
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -107,7 +112,7 @@ def validate_folder(cfg: ValidateConfig, progress: Progress | None = None) -> Va
             rounds = all_rounds(record)
             text = json.dumps(rounds, ensure_ascii=False, sort_keys=True)
             key = _digest(text)
-            norm = _digest(_WS.sub(" ", " ".join(str(r.get("content", "")) for r in rounds)).strip().lower())
+            norm = _digest(normalised_text(" ".join(str(r.get("content", "")) for r in rounds)))
             if key in exact:
                 tr.add("exact duplicate", f"{where} duplicates id {exact[key]}")
             elif norm in normal:
