@@ -20,6 +20,7 @@ Writes runs/feedback/results.json and examples/feedback/results.json, and prints
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -41,6 +42,7 @@ ARMS = {  # arm -> (model it starts from, data, config)
     "rpo": ("before", "pairs", "feedback-rpo.yaml"),
     "rft+dpo": ("rft", "pairs", "feedback-dpo.yaml"),
 }
+MODELS = ["before", *ARMS]  # every model a round scores: the demo model, then each arm's
 SAMPLING = dict(temperature=0.8, top_p=0.95)
 FRESH = dict(full=dict(problems=256, samples=8, per_problem=2, pairs=4, **SAMPLING),
              quick=dict(problems=6, samples=4, per_problem=2, pairs=2, **SAMPLING))  # fmt: skip
@@ -148,9 +150,16 @@ def sampling_stats(samples: Path) -> dict:
     return {"pass@1": summary["pass_at_k"]["pass@1"], "problems": summary["tasks"], "problems_with_a_pass": len(solved)}
 
 
+@functools.cache
+def families(problems: Path) -> dict[str, str]:
+    """task_id -> demo family of a problem file (read once: every model of a round is scored on the same files)."""
+    rows = [json.loads(line) for line in problems.read_text().splitlines()]
+    return {row["task_id"]: family_of(row["prompt"]) for row in rows}
+
+
 def by_family(eval_dir: Path, problems: Path) -> dict:
     """Passes per demo family ("Return the last N characters of s.": [passed, problems]): which mistakes moved."""
-    family = {json.loads(l)["task_id"]: family_of(json.loads(l)["prompt"]) for l in problems.read_text().splitlines()}
+    family = families(problems)
     counts: dict[str, list[int]] = {}
     for line in (eval_dir / "results.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -178,9 +187,8 @@ def train_stats(train: Path) -> dict:
 
 def table(results: list[dict]) -> str:
     """Mean (min-max over seeds) pass@1 per model: the README table."""
-    names = ["before", *ARMS]
     lines = ["| model | held-out pass@1 | dev pass@1 (training family) | per seed held-out |", "|---|---|---|---|"]
-    for name in names:
+    for name in MODELS:
         held = [r["arms"][name]["heldout"]["pass@1"] for r in results]
         dev = [r["arms"][name]["dev"]["pass@1"] for r in results]
         lines.append(f"| {name} | {pct(held)} | {pct(dev)} | " + ", ".join(f"{100 * v:.1f}" for v in held) + " |")
@@ -189,13 +197,12 @@ def table(results: list[dict]) -> str:
 
 def family_table(results: list[dict]) -> str:
     """Held-out passes per demo family the model before the round gets wrong, summed over seeds (passed/problems)."""
-    names = ["before", *ARMS]
-    families = results[0]["arms"]["before"]["heldout"]["by_family"]
-    wrong = [f for f, (passed, n) in families.items() if passed < n]
-    lines = ["| held-out family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    before = results[0]["arms"]["before"]["heldout"]["by_family"]
+    wrong = [f for f, (passed, n) in before.items() if passed < n]
+    lines = ["| held-out family | " + " | ".join(MODELS) + " |", "|---" * (len(MODELS) + 1) + "|"]
     for fam in wrong:
         cells = []
-        for name in names:
+        for name in MODELS:
             counts = [r["arms"][name]["heldout"]["by_family"][fam] for r in results]
             cells.append(f"{sum(c[0] for c in counts)}/{sum(c[1] for c in counts)}")
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")

@@ -20,7 +20,7 @@ VARIANTS = {
     "good_commented": "    # add k\n    return x + {k}   \n",  # the same program as `good` once normalised
     "good_other": "    y = x\n    return y + {k}\n",
     "good_list": "    return [x + {k}][0]\n",
-    "good_list_wrapped": "    return [x\n            + {k}][0]\n",  # `good_list` with a line break: validate's duplicate
+    "good_list_wrapped": "    return [x\n            + {k}][0]\n",  # `good_list`, a line break moved
     "wrong": "    return x - {k}\n",
     "loop": "    while True:\n        pass\n",
     "crash": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",

@@ -168,7 +168,7 @@ def test_pipeline_with_a_real_model_and_config_skips_the_tiny_base(tmp_path, mon
 
 @pytest.mark.slow
 def test_feedback_round_end_to_end_on_the_quick_pipeline(tmp_path):
-    """examples/feedback on a --quick pipeline: every stage's folder, lineage to the eval folder, three arms merged.
+    """examples/feedback on a --quick pipeline: every stage's folder, lineage to the eval folder, every arm merged.
     A quick model passes nothing, and the round then stops at from-eval with its clear error; so the sampled file is
     re-scored by the sandbox with the reference solution in half the samples (plumbing, not a result)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -97,7 +97,7 @@ def read_eval(folder: str | Path) -> tuple[list[Sample], dict]:
                 fix=EVAL_COMMAND,
             )
         user = messages if messages is not None else [{"role": "user", "content": s["prompt"]}]
-        answer = s.get("raw") if s.get("raw") is not None else s.get("completion", "")
+        answer = str(s["raw"] if s.get("raw") is not None else s.get("completion", ""))
         message = r.get("message")
         exception = f"{r.get('exc_type')}: {message}" if r.get("exc_type") else message
         out.append(
@@ -150,7 +150,7 @@ def sft_records(samples: list[Sample], task: str, per_problem: int, skip_solved:
                     "id": f"{task_id}#{s.index}",
                     "task": task,
                     "chat_rounds": [*s.user, {"role": "assistant", "content": s.answer}],
-                    "meta": {**_base(s, task, eval_id), "sample": s.index, "passed_of": [len(passing), len(group)]},
+                    "meta": _base(s, task, eval_id) | {"sample": s.index, "passed_of": [len(passing), len(group)]},
                 }
             )
     return records
@@ -186,8 +186,8 @@ def pair_records(samples: list[Sample], task: str, per_problem: int, eval_id: st
                     "task": task,
                     "chosen": [*good.user, {"role": "assistant", "content": good.answer}],
                     "rejected": [*bad.user, {"role": "assistant", "content": bad.answer}],
-                    "meta": {
-                        **_base(good, task, eval_id),
+                    "meta": _base(good, task, eval_id)
+                    | {
                         "chosen_sample": good.index,
                         "rejected_sample": bad.index,
                         "rejected_status": bad.status,

@@ -72,14 +72,14 @@ def _encode_chunk(lines: list[str]) -> list[tuple[str, Encoded]]:
     records = [json.loads(line) for line in lines]
     encoder: ChatEncoder = _WORKER["encoder"]
     pairs = [i for i, r in enumerate(records) if is_pair(r)]
-    encoded: list[Encoded | None] = [None] * len(records)
+    encoded: dict[int, Encoded] = {}  # every record is a pair or a chat: both loops fill every index
     if pairs:
         for i, e in zip(pairs, encoder.encode_pairs([records[i] for i in pairs])):
             encoded[i] = e
     chats = [i for i, r in enumerate(records) if not is_pair(r)]
     for i, e in zip(chats, encoder.encode([records[i] for i in chats]) if chats else []):
         encoded[i] = e
-    return [(str(r["id"]), e) for r, e in zip(records, encoded)]
+    return [(str(r["id"]), encoded[i]) for i, r in enumerate(records)]
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:

@@ -49,7 +49,8 @@ def build_prompts(tokenizer, problems: list[dict], cfg: HumanEvalConfig) -> Prom
                 f"{cfg.model}: the tokenizer has no chat template, so --prompt chat cannot be used",
                 fix="pass --prompt completion (base models), or a fine-tuned model",
             )
-        texts, turns = [], []
+        texts: list[str] = []
+        turns: list[list[dict] | None] = []
         for problem in problems:
             messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
             messages.append({"role": "user", "content": cfg.chat_user_template.replace("{prompt}", problem["prompt"])})
